@@ -1,0 +1,175 @@
+"""asyncio client: a sender's ``send`` and a receiver's ``receive``, so no serving stack writes the
+poll -> read -> resume loop (or its guard) itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+import numpy as np
+
+from kvferry.client.rows import as_row_bytes
+from kvferry.v1 import transfer_pb2 as pb
+from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+# Stay inside gRPC's default 4 MiB message limit, whatever the server accepts.
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024 - 1024
+
+SUCCESS = pb.TRANSFER_STATE_SUCCESS
+FAILED = pb.TRANSFER_STATE_FAILED
+
+
+class TransferFailed(Exception):
+    """The transfer ended FAILED (aborted, timed out, ...); ``status`` has the reason."""
+
+    def __init__(self, transfer_id: str, reason: str, status: pb.TransferStatus | None = None) -> None:
+        super().__init__(f"transfer {transfer_id!r} failed: {reason}")
+        self.transfer_id = transfer_id
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of received rows: tokens [start_token, start_token + num_tokens)."""
+
+    transfer_id: str
+    start_token: int
+    data: bytes
+    row_bytes: int
+    total_tokens: int
+    metadata: bytes
+    last: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.data) // self.row_bytes
+
+    def rows(self) -> np.ndarray:
+        """The rows as a read-only uint8 array [num_tokens, row_bytes] over ``data`` (no copy)."""
+        return np.frombuffer(self.data, dtype=np.uint8).reshape(self.num_tokens, self.row_bytes)
+
+
+class AsyncClient:
+    def __init__(self, target: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 call_metadata: Sequence[tuple[str, str]] = (),
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=list(options))
+        else:
+            self.channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+        self.stub = pb_grpc.TransferServiceStub(self.channel)
+        self._md = tuple(call_metadata)
+        self._pool: pb.PoolInfo | None = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def pool_info(self, refresh: bool = False) -> pb.PoolInfo:
+        if self._pool is None or refresh:
+            self._pool = await self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), metadata=self._md)
+        return self._pool
+
+    async def poll(self, transfer_id: str) -> pb.TransferStatus:
+        return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id), metadata=self._md)
+
+    async def abort(self, transfer_id: str, reason: str) -> pb.TransferStatus:
+        return await self.stub.Abort(pb.AbortRequest(transfer_id=transfer_id, reason=reason),
+                                     metadata=self._md)
+
+    async def release(self, transfer_id: str) -> pb.ReleaseResponse:
+        return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id), metadata=self._md)
+
+    # -- sender --------------------------------------------------------------------------------
+
+    async def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
+                   metadata: bytes = b"", start_token: int = 0,
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> pb.TransferStatus:
+        """Push ``rows`` (tokens from ``start_token`` on) and return once all are in the pool.
+
+        ``rows`` is bytes, a numpy array or a torch tensor of whole rows. The call waits while the
+        receiver's window is full (the server holds the stream) and may start before the receiver
+        opens the transfer. Raises ``TransferFailed`` if the transfer is aborted or times out.
+        """
+        info = await self.pool_info()
+        row_bytes = info.row_bytes
+        view = as_row_bytes(rows, row_bytes)
+        ntokens = len(view) // row_bytes
+        total = start_token + ntokens if total_tokens is None else total_tokens
+        step = max(row_bytes, (min(chunk_bytes, info.max_message_bytes - 1024) // row_bytes) * row_bytes)
+
+        async def messages() -> AsyncIterator[pb.PushRequest]:
+            yield pb.PushRequest(transfer_id=transfer_id, total_tokens=total, metadata=metadata,
+                                 start_token=start_token, rows=bytes(view[:step]))
+            for off in range(step, len(view), step):
+                yield pb.PushRequest(start_token=start_token + off // row_bytes,
+                                     rows=bytes(view[off:off + step]))
+
+        try:
+            reply = await self.stub.Push(messages(), metadata=self._md)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.ABORTED:
+                raise TransferFailed(transfer_id, e.details() or "aborted") from e
+            raise
+        return reply.status
+
+    # -- receiver ------------------------------------------------------------------------------
+
+    async def receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
+                      release: bool = True) -> AsyncIterator[Window]:
+        """Open the transfer and yield its windows in order, resuming after each one is consumed.
+
+        The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
+        on several tensor-parallel ranks with ``open=False, release=False`` on all but one: their
+        extra resumes are answered as duplicates. If the consumer stops early or raises, the
+        transfer is aborted so the sender learns at once; it is released at the end either way.
+        """
+        if open:
+            await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id, window_tokens=window_tokens),
+                                 metadata=self._md)
+        row_bytes = (await self.pool_info()).row_bytes
+        handed_out = 0  # sent_tokens at the end of the last window yielded
+        finished = False
+        watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id), metadata=self._md)
+        try:
+            async for st in watch:
+                if st.state == FAILED:
+                    raise TransferFailed(transfer_id, st.failure_reason, st)
+                full = st.window_filled_tokens == st.window_tokens or st.state == SUCCESS
+                if not (full and st.window_filled_tokens and st.sent_tokens > handed_out):
+                    continue
+                data = b"".join([m.rows async for m in
+                                 self.stub.Read(pb.ReadRequest(transfer_id=transfer_id),
+                                                metadata=self._md)])
+                last = st.state == SUCCESS
+                yield Window(transfer_id, st.window_start_token, data, row_bytes, st.total_tokens,
+                             st.metadata, last)
+                handed_out = st.sent_tokens
+                if last:
+                    finished = True
+                    return
+                await self.stub.Resume(pb.ResumeRequest(transfer_id=transfer_id,
+                                                        sent_tokens=st.sent_tokens,
+                                                        window_tokens=window_tokens),
+                                       metadata=self._md)
+        finally:
+            watch.cancel()
+            if not finished and open:
+                await _quietly(self.abort(transfer_id, "receiver stopped before the last window"))
+            if release:
+                await _quietly(self.release(transfer_id))
+
+
+async def _quietly(call: Any) -> None:
+    """Best-effort cleanup: the transfer may already be gone, or the channel closed."""
+    try:
+        await call
+    except grpc.aio.AioRpcError:
+        pass

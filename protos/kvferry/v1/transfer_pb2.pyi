@@ -1,0 +1,177 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_STATE_UNSPECIFIED: _ClassVar[TransferState]
+    TRANSFER_STATE_BOOTSTRAPPING: _ClassVar[TransferState]
+    TRANSFER_STATE_TRANSFERRING: _ClassVar[TransferState]
+    TRANSFER_STATE_RESUMING: _ClassVar[TransferState]
+    TRANSFER_STATE_SUCCESS: _ClassVar[TransferState]
+    TRANSFER_STATE_FAILED: _ClassVar[TransferState]
+TRANSFER_STATE_UNSPECIFIED: TransferState
+TRANSFER_STATE_BOOTSTRAPPING: TransferState
+TRANSFER_STATE_TRANSFERRING: TransferState
+TRANSFER_STATE_RESUMING: TransferState
+TRANSFER_STATE_SUCCESS: TransferState
+TRANSFER_STATE_FAILED: TransferState
+
+class TransferStatus(_message.Message):
+    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FILLED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESUME_SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    state: TransferState
+    total_tokens: int
+    sent_tokens: int
+    window_start_token: int
+    window_tokens: int
+    window_filled_tokens: int
+    block_indices: _containers.RepeatedScalarFieldContainer[int]
+    resume_count: int
+    failure_reason: str
+    metadata: bytes
+    last_resume_sent_tokens: int
+    waiting_for_blocks: bool
+    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ...) -> None: ...
+
+class GetPoolInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PoolInfo(_message.Message):
+    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers")
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    ROW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    block_tokens: int
+    num_blocks: int
+    free_blocks: int
+    row_bytes: int
+    device: str
+    default_window_tokens: int
+    max_message_bytes: int
+    transfers: int
+    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ...) -> None: ...
+
+class OpenRequest(_message.Message):
+    __slots__ = ("transfer_id", "window_tokens")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    window_tokens: int
+    def __init__(self, transfer_id: _Optional[str] = ..., window_tokens: _Optional[int] = ...) -> None: ...
+
+class OpenResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("transfer_id", "total_tokens", "metadata", "start_token", "rows")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    total_tokens: int
+    metadata: bytes
+    start_token: int
+    rows: bytes
+    def __init__(self, transfer_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., metadata: _Optional[bytes] = ..., start_token: _Optional[int] = ..., rows: _Optional[bytes] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ...) -> None: ...
+
+class PollRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class ReadResponse(_message.Message):
+    __slots__ = ("start_token", "rows")
+    START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    start_token: int
+    rows: bytes
+    def __init__(self, start_token: _Optional[int] = ..., rows: _Optional[bytes] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("transfer_id", "sent_tokens", "window_tokens")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    sent_tokens: int
+    window_tokens: int
+    def __init__(self, transfer_id: _Optional[str] = ..., sent_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("status", "duplicate")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    duplicate: bool
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("transfer_id", "reason")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    reason: str
+    def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("status", "freed_blocks")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FREED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    freed_blocks: int
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., freed_blocks: _Optional[int] = ...) -> None: ...

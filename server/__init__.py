@@ -1,0 +1,1 @@
+"""kvferry's I/O shell: gRPC servicer, torch block pool, metrics, configuration, CLI."""

@@ -1,0 +1,4 @@
+from kvferry.server.cli import main
+import sys
+
+sys.exit(main())

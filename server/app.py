@@ -1,0 +1,132 @@
+"""Assemble and run one kvferry server: pool, core, gRPC, health, reflection, metrics, timers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from kvferry.server.config import ServerConfig
+from kvferry.server.listener import ShellListener
+from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
+from kvferry.server.notifier import ChangeNotifier
+from kvferry.server.pool import BlockPool
+from kvferry.server.service import TransferService
+from kvferry.statemachine import Coordinator, Limits, Outcome
+from kvferry.v1 import transfer_pb2 as pb
+from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+log = logging.getLogger("kvferry")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TransferService"].full_name
+
+
+@dataclass
+class Server:
+    config: ServerConfig
+    coord: Coordinator
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    grpc_port: int
+    metrics_port: int
+    _metrics_httpd: object = field(repr=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def run_timers(self) -> None:
+        """Apply timeouts as they fall due."""
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            self.coord.expire(now)
+            nxt = self.coord.next_deadline()
+            delay = 1.0 if nxt is None else min(1.0, max(0.01, nxt - now))
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new Opens, give in-flight calls the grace, fail the rest."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.coord.draining = True
+        await self.health.enter_graceful_shutdown()
+        grace = self.config.shutdown_grace
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(
+                not t.state.terminal for t in self.coord.transfers.values()):
+            await asyncio.sleep(0.05)
+        left = self.coord.fail_all(Outcome.SHUTDOWN, "shutdown: the server stopped before the "
+                                   "transfer finished", time.monotonic())
+        if left:
+            log.warning("shutdown: %d live transfer(s) failed after the %gs grace", left, grace)
+        await self.grpc_server.stop(max(0.0, deadline - time.monotonic()) or 0.5)
+        self._metrics_httpd.shutdown()  # type: ignore[attr-defined]
+
+
+async def start(config: ServerConfig) -> Server:
+    pool = BlockPool(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
+                     config.max_message_bytes)
+    registry = CollectorRegistry()
+    metrics = TransferMetrics(registry)
+    metrics.row_bytes = config.row_bytes
+    notifier = ChangeNotifier()
+    coord = Coordinator(
+        Limits(num_blocks=config.num_blocks, block_tokens=config.block_tokens,
+               default_window_tokens=config.default_window_tokens,
+               bootstrap_timeout=config.bootstrap_timeout, stall_timeout=config.stall_timeout,
+               retention=config.retention),
+        ShellListener(notifier, metrics))
+    registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
+
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_TransferServiceServicer_to_server(
+        TransferService(config, coord, pool, notifier), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC on {config.host}:{config.port}")
+    httpd, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(config, coord, server, health_servicer, port, httpd.server_port, httpd)
+
+
+async def serve(config: ServerConfig) -> None:
+    srv = await start(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    # One machine-readable line, so scripts and tests learn the ports (port 0 picks free ones).
+    print(json.dumps({"event": "serving", "grpc_port": srv.grpc_port,
+                      "metrics_port": srv.metrics_port, "config": asdict(config)}), flush=True)
+    timers = asyncio.create_task(srv.run_timers())
+    await stop_requested.wait()
+    log.info("stopping: draining for up to %gs", config.shutdown_grace)
+    await srv.stop()
+    await timers
+    print(json.dumps({"event": "stopped"}), flush=True)
+
+
+def run(config: ServerConfig) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config))
+    return 0

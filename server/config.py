@@ -1,0 +1,83 @@
+"""Server configuration: one dataclass, filled from flags, each flag also a KVFERRY_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+# A Read message carries whole rows within gRPC's default 4 MiB receive limit; this is the headroom
+# left for the message's own framing (field tags and lengths).
+READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9400
+    device: str = "cpu"
+    num_blocks: int = 256
+    block_tokens: int = 256
+    row_bytes: int = 8192
+    default_window_tokens: int = 4096
+    bootstrap_timeout: float = 30.0
+    stall_timeout: float = 60.0
+    retention: float = 300.0
+    shutdown_grace: float = 10.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not 0 < self.row_bytes <= READ_MESSAGE_BUDGET:
+            raise ValueError(f"row_bytes must be between 1 and {READ_MESSAGE_BUDGET} (one row must "
+                             f"fit a 4 MiB Read message), got {self.row_bytes}")
+        if self.max_message_bytes < self.row_bytes + 1024:
+            raise ValueError(f"max_message_bytes={self.max_message_bytes} cannot hold one row of "
+                             f"{self.row_bytes} bytes")
+        if self.shutdown_grace < 0:
+            raise ValueError("shutdown_grace must be >= 0")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda:N', got {self.device!r}")
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.num_blocks * self.block_tokens * self.row_bytes
+
+
+_HELP: dict[str, str] = {
+    "host": "address to bind gRPC on (0.0.0.0 in a container)",
+    "port": "gRPC port; 0 picks a free one (printed at start)",
+    "metrics_port": "HTTP port of /metrics for Prometheus; 0 picks a free one",
+    "device": "where the block pool lives: cpu, or cuda:N for GPU N",
+    "num_blocks": "blocks in the pool",
+    "block_tokens": "rows (tokens) per block",
+    "row_bytes": "bytes per row: hidden_size x dtype bytes plus any per-token extras",
+    "default_window_tokens": "window used when Open asks for window_tokens=0",
+    "bootstrap_timeout": "seconds a transfer may wait for its other side (sender or receiver)",
+    "stall_timeout": "seconds a live transfer may go without progress before it FAILs",
+    "retention": "seconds a finished transfer stays readable before it is released for you",
+    "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
+    "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
+}
+
+
+def env_name(field: str) -> str:
+    return "KVFERRY_" + field.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerConfig()
+    for f in fields(ServerConfig):
+        default = getattr(defaults, f.name)
+        kind: Callable[[str], Any] = type(default)
+        env = os.environ.get(env_name(f.name))
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+            default=kind(env) if env is not None else default,
+            help=f"{_HELP[f.name]} (default: %(default)s; env {env_name(f.name)})",
+        )
+
+
+def from_namespace(ns: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{f.name: getattr(ns, f.name) for f in fields(ServerConfig)})

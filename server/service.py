@@ -1,0 +1,205 @@
+"""grpc.aio servicer: translate messages into core calls and core refusals into gRPC statuses."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+
+from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
+from kvferry.server.notifier import ChangeNotifier
+from kvferry.server.pool import BlockPool
+from kvferry.statemachine import (
+    Aborted, Coordinator, InvalidArgument, NotFound, Outcome, Transfer, TransferError,
+)
+from kvferry.v1 import transfer_pb2 as pb
+from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+_CODES = {c.name: c for c in grpc.StatusCode}
+
+R = TypeVar("R")
+
+
+def status_of(t: Transfer) -> pb.TransferStatus:
+    return pb.TransferStatus(
+        transfer_id=t.transfer_id, state=t.state.value, total_tokens=t.total_tokens,
+        sent_tokens=t.sent_tokens, window_start_token=t.window_start_token,
+        window_tokens=t.window_tokens, window_filled_tokens=t.window_filled_tokens,
+        block_indices=t.blocks, resume_count=t.resume_count, failure_reason=t.failure_reason,
+        metadata=t.metadata, last_resume_sent_tokens=t.last_resume_sent_tokens,
+        waiting_for_blocks=t.waiting_for_blocks,
+    )
+
+
+async def _abort_with(context: grpc.aio.ServicerContext, e: TransferError) -> None:
+    await context.abort(_CODES[e.code], e.message)
+
+
+def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    @functools.wraps(fn)
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await fn(self, request, context)
+        except TransferError as e:
+            await _abort_with(context, e)
+            raise AssertionError("unreachable: context.abort raises")
+    return handler
+
+
+def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+    @functools.wraps(fn)
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except TransferError as e:
+            await _abort_with(context, e)
+    return handler
+
+
+class TransferService(pb_grpc.TransferServiceServicer):
+    def __init__(self, config: ServerConfig, coord: Coordinator, pool: BlockPool,
+                 notifier: ChangeNotifier) -> None:
+        self.config = config
+        self.coord = coord
+        self.pool = pool
+        self.notifier = notifier
+        self.row_bytes = config.row_bytes
+        self.read_rows = max(1, READ_MESSAGE_BUDGET // config.row_bytes)
+        self.clock = time.monotonic
+
+    @unary
+    async def GetPoolInfo(self, request: pb.GetPoolInfoRequest, context: Any) -> pb.PoolInfo:
+        c = self.coord
+        return pb.PoolInfo(
+            block_tokens=c.limits.block_tokens, num_blocks=c.limits.num_blocks,
+            free_blocks=c.allocator.free_count, row_bytes=self.row_bytes,
+            device=self.config.device, default_window_tokens=c.limits.default_window_tokens,
+            max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers))
+
+    @unary
+    async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
+        t = self.coord.open(request.transfer_id, request.window_tokens, self.clock())
+        return pb.OpenResponse(status=status_of(t))
+
+    @unary
+    async def Poll(self, request: pb.PollRequest, context: Any) -> pb.TransferStatus:
+        return status_of(self.coord.get(request.transfer_id))
+
+    @unary
+    async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
+        r = self.coord.resume(request.transfer_id, request.sent_tokens, request.window_tokens,
+                              self.clock())
+        return pb.ResumeResponse(status=status_of(r.transfer), duplicate=r.duplicate)
+
+    @unary
+    async def Abort(self, request: pb.AbortRequest, context: Any) -> pb.TransferStatus:
+        return status_of(self.coord.abort(request.transfer_id, request.reason, self.clock()))
+
+    @unary
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
+        t, freed = self.coord.release(request.transfer_id)
+        return pb.ReleaseResponse(status=status_of(t), freed_blocks=freed)
+
+    @streaming
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.TransferStatus]:
+        t = self.coord.get(request.transfer_id)
+        while True:
+            seen = t.version
+            yield status_of(t)
+            if t.state.terminal:
+                return
+            while t.version == seen:  # level-triggered: changes while we sent coalesce
+                await self.notifier.wait(t.transfer_id)
+
+    @streaming
+    async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[pb.ReadResponse]:
+        t, segments = self.coord.read_segments(request.transfer_id)
+        blocks, start = t.blocks, t.window_start_token
+        token = start
+        for chunk in _chunks(segments, self.read_rows):
+            # Each chunk is copied with no await in between, and only while the window is still the
+            # one we planned: a Resume or Abort during the stream must not leak another's rows.
+            if t.blocks is not blocks or t.window_start_token != start:
+                raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while being "
+                              f"read; read the whole window before resuming")
+            rows = self.pool.read(chunk)
+            yield pb.ReadResponse(start_token=token, rows=rows)
+            token += len(rows) // self.row_bytes
+
+    async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], context: Any) -> pb.PushResponse:
+        try:
+            t: Transfer | None = None
+            async for msg in request_iterator:
+                if t is None:
+                    t = await self._attach(msg)
+                elif msg.transfer_id and msg.transfer_id != t.transfer_id:
+                    raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
+                                          f"names {msg.transfer_id!r}; use one stream per transfer")
+                await self._write(t.transfer_id, msg.start_token, msg.rows)
+            if t is None:
+                raise InvalidArgument("the Push stream carried no message; the first must carry "
+                                      "transfer_id and total_tokens")
+            return pb.PushResponse(status=status_of(t))
+        except TransferError as e:
+            await _abort_with(context, e)
+            raise AssertionError("unreachable: context.abort raises")
+
+    async def _attach(self, msg: pb.PushRequest) -> Transfer:
+        """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout."""
+        deadline = self.clock() + self.config.bootstrap_timeout
+        while True:
+            try:
+                return self.coord.attach(msg.transfer_id, msg.total_tokens, msg.metadata, self.clock())
+            except NotFound:
+                left = deadline - self.clock()
+                if left <= 0:
+                    raise NotFound(f"no receiver opened transfer {msg.transfer_id!r} within the "
+                                   f"bootstrap timeout ({self.config.bootstrap_timeout:g}s); the "
+                                   f"receiver must Open it") from None
+                await self.notifier.wait(msg.transfer_id, timeout=left)
+
+    async def _write(self, transfer_id: str, start_token: int, rows: bytes) -> None:
+        if len(rows) % self.row_bytes:
+            raise InvalidArgument(f"rows is {len(rows)} bytes, not a multiple of row_bytes="
+                                  f"{self.row_bytes}; send whole rows (see GetPoolInfo)")
+        n = len(rows) // self.row_bytes
+        done = 0
+        while True:
+            ticket = self.coord.begin_write(transfer_id, start_token + done, n - done)
+            done += ticket.skip
+            if ticket.count:
+                try:
+                    self.pool.write(ticket.segments, rows, done)
+                except BaseException as e:
+                    self.coord.fail(ticket.transfer, Outcome.ERROR,
+                                    f"error: copying rows into the pool failed: {e!r}", self.clock())
+                    raise
+                finally:
+                    self.coord.end_write(ticket, self.clock())
+                done += ticket.count
+            if done == n:
+                return
+            if not ticket.count:  # window full: hold the stream until a resume (backpressure)
+                await self.notifier.wait(transfer_id)
+
+
+def _chunks(segments: list[Any], max_rows: int) -> list[list[Any]]:
+    """Split segments into groups of at most ``max_rows`` rows (splitting a segment if needed)."""
+    out: list[list[Any]] = []
+    cur: list[Any] = []
+    room = max_rows
+    for s in segments:
+        while s.tokens:
+            n = min(room, s.tokens)
+            cur.append(s._replace(tokens=n))
+            s = s._replace(offset=s.offset + n, tokens=s.tokens - n)
+            room -= n
+            if room == 0:
+                out.append(cur)
+                cur, room = [], max_rows
+    if cur:
+        out.append(cur)
+    return out
