@@ -159,6 +159,8 @@ class AsyncClient:
                                                         sent_tokens=st.sent_tokens,
                                                         window_tokens=window_tokens),
                                        metadata=self._md)
+            raise TransferFailed(transfer_id, "the Watch stream ended before the last window "
+                                 "(is the server stopping?)")
         finally:
             watch.cancel()
             if not finished and open:

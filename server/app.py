@@ -128,5 +128,6 @@ async def serve(config: ServerConfig) -> None:
 def run(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)  # it logs every transition at INFO
     asyncio.run(serve(config))
     return 0

@@ -107,9 +107,9 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.TransferStatus]:
         t = self.coord.get(request.transfer_id)
         while True:
-            seen = t.version
+            seen, terminal = t.version, t.state.terminal  # before the yield: it awaits
             yield status_of(t)
-            if t.state.terminal:
+            if terminal:
                 return
             while t.version == seen:  # level-triggered: changes while we sent coalesce
                 await self.notifier.wait(t.transfer_id)

@@ -365,7 +365,7 @@ class Coordinator:
         if tokens > self.limits.pool_tokens:
             raise InvalidArgument(f"window_tokens={tokens} is larger than the whole pool "
                                   f"({self.limits.num_blocks} blocks x {self.limits.block_tokens} "
-                                  f"tokens = {self.limits.pool_tokens}); ask for at most that")
+                                  f"tokens); ask for at most {self.limits.pool_tokens}")
 
     def _segments(self, t: Transfer, first: int, count: int) -> list[Segment]:
         bt = self.limits.block_tokens

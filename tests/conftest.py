@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from kvserver import ServerProcess, start_server
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """The shared seed-geometry server: 32 blocks of 8 tokens, 64-byte rows, 64-token windows."""
+    srv = start_server()
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture
+def seed(server: ServerProcess) -> Iterator[ServerProcess]:
+    """The shared server, checked to leak nothing: every block free and no transfer held after
+    the test."""
+    server.assert_pool_free()
+    yield server
+    server.assert_pool_free()
