@@ -21,7 +21,7 @@ from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pool import BlockPool
 from kvferry.server.service import TransferService
-from kvferry.statemachine import Coordinator, Limits, Outcome
+from kvferry.statemachine import Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
@@ -80,12 +80,7 @@ async def start(config: ServerConfig) -> Server:
     metrics = TransferMetrics(registry)
     metrics.row_bytes = config.row_bytes
     notifier = ChangeNotifier()
-    coord = Coordinator(
-        Limits(num_blocks=config.num_blocks, block_tokens=config.block_tokens,
-               default_window_tokens=config.default_window_tokens,
-               bootstrap_timeout=config.bootstrap_timeout, stall_timeout=config.stall_timeout,
-               retention=config.retention),
-        ShellListener(notifier, metrics))
+    coord = Coordinator(config.limits(), ShellListener(notifier, metrics))
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 
     server = grpc.aio.server(options=[

@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "its variable.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     config_mod.add_arguments(serve)
+    diagram = sub.add_parser(
+        "diagram", help="print the transfer state machine as Mermaid",
+        description="Print the state machine, generated from the core's transition table.")
+    diagram.add_argument("--doc", action="store_true",
+                         help="print the whole docs/state-machine.md instead")
     return parser
 
 
@@ -39,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         except PoolUnavailable as e:
             print(f"kvferry: {e}", file=sys.stderr)
             return 2
+    if args.command == "diagram":
+        from kvferry.statemachine import diagram as diagram_mod
+        print(diagram_mod.state_machine_doc() if args.doc else diagram_mod.mermaid(), end="")
     return 0
 
 

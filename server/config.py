@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from kvferry.statemachine import Limits
+
 # A Read message carries whole rows within gRPC's default 4 MiB receive limit; this is the headroom
 # left for the message's own framing (field tags and lengths).
 READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
@@ -39,6 +41,13 @@ class ServerConfig:
             raise ValueError("shutdown_grace must be >= 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda:N', got {self.device!r}")
+        self.limits()  # the core's own checks, at start-up rather than at first use
+
+    def limits(self) -> Limits:
+        return Limits(num_blocks=self.num_blocks, block_tokens=self.block_tokens,
+                      default_window_tokens=self.default_window_tokens,
+                      bootstrap_timeout=self.bootstrap_timeout, stall_timeout=self.stall_timeout,
+                      retention=self.retention)
 
     @property
     def pool_bytes(self) -> int:

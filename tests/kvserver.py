@@ -78,8 +78,9 @@ class ServerProcess:
                 self.proc.kill()
 
 
-def start_server(**flags: Any) -> ServerProcess:
-    merged = {**SEED_FLAGS, **flags}
+def start_server(base: dict[str, Any] | None = None, **flags: Any) -> ServerProcess:
+    """A server with ``base`` flags (the seed geometry by default) overridden by ``flags``."""
+    merged = {**(SEED_FLAGS if base is None else base), **flags}
     argv = [sys.executable, "-m", "kvferry.server", "serve", "--port", "0", "--metrics-port", "0"]
     for k, v in merged.items():
         argv += ["--" + k.replace("_", "-"), str(v)]
