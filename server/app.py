@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from kvferry.server.config import ServerConfig
+from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
 from kvferry.server.notifier import ChangeNotifier
@@ -83,7 +84,9 @@ async def start(config: ServerConfig) -> Server:
     coord = Coordinator(config.limits(), ShellListener(notifier, metrics))
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 
-    server = grpc.aio.server(options=[
+    grpc_metrics = GrpcServerMetrics(registry)
+    grpc_metrics.preregister(SERVICE_NAME, pb.DESCRIPTOR.services_by_name["TransferService"].methods)
+    server = grpc.aio.server(interceptors=[grpc_metrics], options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ])
