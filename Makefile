@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 SERVE_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install test-deps serve test protos clean
 
@@ -17,7 +18,10 @@ install: $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e .
 
+# Debian's prometheus package brings prometheus and promtool for the metrics tests.
 test-deps: $(PY)
+	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 
