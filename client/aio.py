@@ -52,15 +52,18 @@ class Window:
 
 
 class AsyncClient:
-    def __init__(self, target: str, *, credentials: grpc.ChannelCredentials | None = None,
+    def __init__(self, target: str, *, token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None,
                  call_metadata: Sequence[tuple[str, str]] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
+        """``token``: the server's bearer token (--auth-token-file), sent with every call.
+        ``credentials``: TLS, e.g. ``grpc.ssl_channel_credentials(ca, key, cert)``."""
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=list(options))
         else:
             self.channel = grpc.aio.secure_channel(target, credentials, options=list(options))
         self.stub = pb_grpc.TransferServiceStub(self.channel)
-        self._md = tuple(call_metadata)
+        self._md = tuple(call_metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
         self._pool: pb.PoolInfo | None = None
 
     async def __aenter__(self) -> "AsyncClient":

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from kvferry.server.auth import BearerTokenAuth
 from kvferry.server.config import ServerConfig
 from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.listener import ShellListener
@@ -86,7 +87,11 @@ async def start(config: ServerConfig) -> Server:
 
     grpc_metrics = GrpcServerMetrics(registry)
     grpc_metrics.preregister(SERVICE_NAME, pb.DESCRIPTOR.services_by_name["TransferService"].methods)
-    server = grpc.aio.server(interceptors=[grpc_metrics], options=[
+    interceptors: list[grpc.aio.ServerInterceptor] = [grpc_metrics]  # outermost: counts refusals
+    token = config.read_auth_token()
+    if token is not None:
+        interceptors.append(BearerTokenAuth(token))
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ])
@@ -96,7 +101,10 @@ async def start(config: ServerConfig) -> Server:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    credentials = config.server_credentials()
+    address = f"{config.host}:{config.port}"
+    port = (server.add_insecure_port(address) if credentials is None
+            else server.add_secure_port(address, credentials))
     if port == 0:
         raise OSError(f"cannot bind gRPC on {config.host}:{config.port}")
     httpd, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         try:
             return run(cfg)
-        except PoolUnavailable as e:
+        except (PoolUnavailable, OSError, ValueError) as e:
             print(f"kvferry: {e}", file=sys.stderr)
             return 2
     if args.command == "diagram":

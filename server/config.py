@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kvferry.statemachine import Limits
+
+if TYPE_CHECKING:
+    import grpc
 
 # A Read message carries whole rows within gRPC's default 4 MiB receive limit; this is the headroom
 # left for the message's own framing (field tags and lengths).
@@ -29,6 +32,10 @@ class ServerConfig:
     retention: float = 300.0
     shutdown_grace: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
+    auth_token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.row_bytes <= READ_MESSAGE_BUDGET:
@@ -41,6 +48,10 @@ class ServerConfig:
             raise ValueError("shutdown_grace must be >= 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda:N', got {self.device!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key too")
         self.limits()  # the core's own checks, at start-up rather than at first use
 
     def limits(self) -> Limits:
@@ -48,6 +59,28 @@ class ServerConfig:
                       default_window_tokens=self.default_window_tokens,
                       bootstrap_timeout=self.bootstrap_timeout, stall_timeout=self.stall_timeout,
                       retention=self.retention)
+
+    def read_auth_token(self) -> str | None:
+        if not self.auth_token_file:
+            return None
+        with open(self.auth_token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        if not token:
+            raise ValueError(f"auth_token_file {self.auth_token_file} is empty")
+        return token
+
+    def server_credentials(self) -> "grpc.ServerCredentials | None":
+        if not self.tls_cert:
+            return None
+        import grpc
+
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        ca = read(self.tls_client_ca) if self.tls_client_ca else None
+        return grpc.ssl_server_credentials([(read(self.tls_key), read(self.tls_cert))],
+                                           root_certificates=ca, require_client_auth=ca is not None)
 
     @property
     def pool_bytes(self) -> int:
@@ -68,6 +101,11 @@ _HELP: dict[str, str] = {
     "retention": "seconds a finished transfer stays readable before it is released for you",
     "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
+    "auth_token_file": "file holding a bearer token every call must carry as 'authorization: "
+                       "Bearer <token>' (health checks exempt); empty: no auth",
+    "tls_cert": "PEM certificate chain: serve gRPC over TLS",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mTLS)",
 }
 
 

@@ -78,8 +78,10 @@ class ServerProcess:
                 self.proc.kill()
 
 
-def start_server(base: dict[str, Any] | None = None, **flags: Any) -> ServerProcess:
-    """A server with ``base`` flags (the seed geometry by default) overridden by ``flags``."""
+def start_server(base: dict[str, Any] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, **flags: Any) -> ServerProcess:
+    """A server with ``base`` flags (the seed geometry by default) overridden by ``flags``;
+    ``credentials`` are what the start-up health check connects with (TLS servers)."""
     merged = {**(SEED_FLAGS if base is None else base), **flags}
     argv = [sys.executable, "-m", "kvferry.server", "serve", "--port", "0", "--metrics-port", "0"]
     for k, v in merged.items():
@@ -93,7 +95,9 @@ def start_server(base: dict[str, Any] | None = None, **flags: Any) -> ServerProc
         raise RuntimeError(f"server did not start: {err}")
     started = json.loads(line)
     srv = ServerProcess(proc, started["grpc_port"], started["metrics_port"], merged)
-    with grpc.insecure_channel(srv.target) as ch:
+    ch = (grpc.insecure_channel(srv.target) if credentials is None
+          else grpc.secure_channel(srv.target, credentials))
+    with ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     return srv
