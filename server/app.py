@@ -30,6 +30,8 @@ from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 log = logging.getLogger("kvferry")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TransferService"].full_name
+READINESS_SERVICES = ("", SERVICE_NAME)
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -61,7 +63,10 @@ class Server:
             return
         self._stopping.set()
         self.coord.draining = True
-        await self.health.enter_graceful_shutdown()
+        # Readiness ("" and the service) goes NOT_SERVING so no new work comes; liveness stays
+        # SERVING so the kubelet does not restart a pod that is draining on purpose.
+        for name in READINESS_SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = self.config.shutdown_grace
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(
@@ -109,7 +114,7 @@ async def start(config: ServerConfig) -> Server:
         raise OSError(f"cannot bind gRPC on {config.host}:{config.port}")
     httpd, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in (*READINESS_SERVICES, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Server(config, coord, server, health_servicer, port, httpd.server_port, httpd)
 

@@ -88,6 +88,8 @@ def test_sigterm_drains_then_exits_0() -> None:
     time.sleep(0.3)
     # Draining: not serving, no new transfers, but in-flight ones may still finish.
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    live = health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+    assert live.status == health_pb2.HealthCheckResponse.SERVING  # draining is not dead
     with pytest.raises(grpc.RpcError) as e:
         stub.Open(pb.OpenRequest(transfer_id="late"))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
