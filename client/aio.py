@@ -3,6 +3,7 @@ poll -> read -> resume loop (or its guard) itself."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
@@ -15,6 +16,15 @@ from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
 # Stay inside gRPC's default 4 MiB message limit, whatever the server accepts.
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024 - 1024
+
+# Calls that are safe to repeat are retried by gRPC itself on UNAVAILABLE. Resume is among them:
+# a repeat of an applied resume is answered as a duplicate, which is the point of the guard.
+RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "kvferry.v1.TransferService", "method": m}
+             for m in ("GetPoolInfo", "Poll", "Read", "Resume", "Abort")],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
 
 SUCCESS = pb.TRANSFER_STATE_SUCCESS
 FAILED = pb.TRANSFER_STATE_FAILED
@@ -58,10 +68,12 @@ class AsyncClient:
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         """``token``: the server's bearer token (--auth-token-file), sent with every call.
         ``credentials``: TLS, e.g. ``grpc.ssl_channel_credentials(ca, key, cert)``."""
+        opts = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG),
+                *options]
         if credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=list(options))
+            self.channel = grpc.aio.insecure_channel(target, options=opts)
         else:
-            self.channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+            self.channel = grpc.aio.secure_channel(target, credentials, options=opts)
         self.stub = pb_grpc.TransferServiceStub(self.channel)
         self._md = tuple(call_metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
         self._pool: pb.PoolInfo | None = None

@@ -16,7 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from kvferry.server.auth import BearerTokenAuth
-from kvferry.server.config import ServerConfig
+from kvferry.server.config import ServerConfig, parse_faults
+from kvferry.server.faults import FaultInjector
 from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
@@ -96,6 +97,10 @@ async def start(config: ServerConfig) -> Server:
     token = config.read_auth_token()
     if token is not None:
         interceptors.append(BearerTokenAuth(token))
+    faults = parse_faults(config.faults)
+    if faults:
+        log.warning("fault injection is ON: %s", config.faults)
+        interceptors.append(FaultInjector(faults, config.fault_seed))
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),

@@ -7,6 +7,8 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
+from kvferry.server.handlers import same_shape
+
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -45,12 +47,4 @@ def _refusing(h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = {"request_deserializer": h.request_deserializer,
-          "response_serializer": h.response_serializer}
-    if h.response_streaming:
-        factory = (grpc.stream_stream_rpc_method_handler if h.request_streaming
-                   else grpc.unary_stream_rpc_method_handler)
-        return factory(streaming, **kw)
-    factory = (grpc.stream_unary_rpc_method_handler if h.request_streaming
-               else grpc.unary_unary_rpc_method_handler)
-    return factory(unary, **kw)
+    return same_shape(h, streaming if h.response_streaming else unary)

@@ -30,12 +30,17 @@ class ServerConfig:
     bootstrap_timeout: float = 30.0
     stall_timeout: float = 60.0
     retention: float = 300.0
+    lease_timeout: float = 30.0
     shutdown_grace: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
+    max_transfers: int = 10_000
+    max_streams: int = 4_096
     auth_token_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    faults: str = ""
+    fault_seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.row_bytes <= READ_MESSAGE_BUDGET:
@@ -48,6 +53,9 @@ class ServerConfig:
             raise ValueError("shutdown_grace must be >= 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda:N', got {self.device!r}")
+        if self.max_streams <= 0:
+            raise ValueError(f"max_streams must be positive, got {self.max_streams}")
+        parse_faults(self.faults)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both, or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -58,7 +66,8 @@ class ServerConfig:
         return Limits(num_blocks=self.num_blocks, block_tokens=self.block_tokens,
                       default_window_tokens=self.default_window_tokens,
                       bootstrap_timeout=self.bootstrap_timeout, stall_timeout=self.stall_timeout,
-                      retention=self.retention)
+                      retention=self.retention, lease_timeout=self.lease_timeout,
+                      max_transfers=self.max_transfers)
 
     def read_auth_token(self) -> str | None:
         if not self.auth_token_file:
@@ -99,13 +108,21 @@ _HELP: dict[str, str] = {
     "bootstrap_timeout": "seconds a transfer may wait for its other side (sender or receiver)",
     "stall_timeout": "seconds a live transfer may go without progress before it FAILs",
     "retention": "seconds a finished transfer stays readable before it is released for you",
+    "lease_timeout": "seconds a receiver may go without a call (Poll, Watch, Read, Resume; an open "
+                     "Watch counts) before its transfer FAILs as lease_expired",
     "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
+    "max_transfers": "transfers held at once (live or unreleased); Open beyond: RESOURCE_EXHAUSTED",
+    "max_streams": "concurrent Push, Watch and Read streams; beyond: RESOURCE_EXHAUSTED",
     "auth_token_file": "file holding a bearer token every call must carry as 'authorization: "
                        "Bearer <token>' (health checks exempt); empty: no auth",
     "tls_cert": "PEM certificate chain: serve gRPC over TLS",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mTLS)",
+    "faults": "fault injection for tests and staging, off when empty: comma-separated "
+              "METHOD:fail:RATE (answer UNAVAILABLE) or METHOD:delay=SECONDS:RATE, e.g. "
+              "'Resume:fail:0.2,Push:delay=0.05:1'",
+    "fault_seed": "seed of the fault injector's random choices (0: random)",
 }
 
 
@@ -128,3 +145,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_namespace(ns: argparse.Namespace) -> ServerConfig:
     return ServerConfig(**{f.name: getattr(ns, f.name) for f in fields(ServerConfig)})
+
+
+FAULT_ACTIONS = ("fail", "delay")
+
+
+def parse_faults(spec: str) -> list[tuple[str, str, float, float]]:
+    """``METHOD:fail:RATE`` / ``METHOD:delay=SECONDS:RATE`` items -> (method, action, seconds, rate)."""
+    out = []
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"fault {item!r}: expected METHOD:fail:RATE or METHOD:delay=SECONDS:RATE")
+        method, action, rate_s = parts
+        seconds = 0.0
+        if action.startswith("delay="):
+            action, seconds = "delay", float(action.removeprefix("delay="))
+        if action not in FAULT_ACTIONS:
+            raise ValueError(f"fault {item!r}: action must be fail or delay=SECONDS")
+        rate = float(rate_s)
+        if not 0 <= rate <= 1:
+            raise ValueError(f"fault {item!r}: rate must be between 0 and 1")
+        out.append((method, action, seconds, rate))
+    return out

@@ -15,6 +15,8 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from kvferry.server.handlers import behavior_of, same_shape
+
 # grpc.StatusCode spelled as Go's codes.Code.String() spells it.
 GO_CODES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled",
@@ -105,49 +107,40 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
 
 
 def _wrap(h: grpc.RpcMethodHandler, mm: _MethodMetrics) -> grpc.RpcMethodHandler:
+    behavior = behavior_of(h)
+
     async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for r in requests:
             mm.received.inc()
             yield r
 
+    def begin(request: Any) -> tuple[Any, float]:
+        mm.started.inc()
+        if h.request_streaming:
+            return counted(request), time.perf_counter()
+        mm.received.inc()
+        return request, time.perf_counter()
+
     def finish(context: grpc.aio.ServicerContext, start: float, error: BaseException | None) -> None:
         mm.handled[_code(context, error)].inc()
         mm.seconds.observe(time.perf_counter() - start)
 
-    if h.unary_unary is not None or h.stream_unary is not None:
-        behavior = h.unary_unary or h.stream_unary
-
-        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            mm.started.inc()
-            start, error = time.perf_counter(), None
-            if h.request_streaming:
-                request = counted(request)
-            else:
-                mm.received.inc()
-            try:
-                response = await behavior(request, context)
-                mm.sent.inc()
-                return response
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                finish(context, start, error)
-
-        factory = (grpc.stream_unary_rpc_method_handler if h.request_streaming
-                   else grpc.unary_unary_rpc_method_handler)
-        return factory(unary_response, request_deserializer=h.request_deserializer,
-                       response_serializer=h.response_serializer)
-
-    behavior = h.unary_stream or h.stream_stream
+    async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        request, start = begin(request)
+        error = None
+        try:
+            response = await behavior(request, context)
+            mm.sent.inc()
+            return response
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            finish(context, start, error)
 
     async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        mm.started.inc()
-        start, error = time.perf_counter(), None
-        if h.request_streaming:
-            request = counted(request)
-        else:
-            mm.received.inc()
+        request, start = begin(request)
+        error = None
         try:
             if inspect.isasyncgenfunction(behavior):
                 async for response in behavior(request, context):
@@ -161,7 +154,4 @@ def _wrap(h: grpc.RpcMethodHandler, mm: _MethodMetrics) -> grpc.RpcMethodHandler
         finally:
             finish(context, start, error)
 
-    factory = (grpc.stream_stream_rpc_method_handler if h.request_streaming
-               else grpc.unary_stream_rpc_method_handler)
-    return factory(streaming_response, request_deserializer=h.request_deserializer,
-                   response_serializer=h.response_serializer)
+    return same_shape(h, streaming_response if h.response_streaming else unary_response)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import grpc
 
@@ -12,7 +13,8 @@ from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pool import BlockPool
 from kvferry.statemachine import (
-    Aborted, Coordinator, InvalidArgument, NotFound, Outcome, Transfer, TransferError,
+    Aborted, Coordinator, InvalidArgument, NotFound, Outcome, ResourceExhausted, Transfer,
+    TransferError,
 )
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -69,6 +71,19 @@ class TransferService(pb_grpc.TransferServiceServicer):
         self.row_bytes = config.row_bytes
         self.read_rows = max(1, READ_MESSAGE_BUDGET // config.row_bytes)
         self.clock = time.monotonic
+        self.streams = 0
+
+    @contextlib.contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """Admission control for the long-lived calls (Push, Watch, Read)."""
+        if self.streams >= self.config.max_streams:
+            raise ResourceExhausted(f"{self.streams} streams are open; the limit (--max-streams) "
+                                    f"is {self.config.max_streams}; retry later")
+        self.streams += 1
+        try:
+            yield
+        finally:
+            self.streams -= 1
 
     @unary
     async def GetPoolInfo(self, request: pb.GetPoolInfoRequest, context: Any) -> pb.PoolInfo:
@@ -86,7 +101,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     @unary
     async def Poll(self, request: pb.PollRequest, context: Any) -> pb.TransferStatus:
-        return status_of(self.coord.get(request.transfer_id))
+        return status_of(self.coord.observe(request.transfer_id, self.clock()))
 
     @unary
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
@@ -106,46 +121,56 @@ class TransferService(pb_grpc.TransferServiceServicer):
     @streaming
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.TransferStatus]:
         t = self.coord.get(request.transfer_id)
-        while True:
-            seen, terminal = t.version, t.state.terminal  # before the yield: it awaits
-            yield status_of(t)
-            if terminal:
-                return
-            while t.version == seen:  # level-triggered: changes while we sent coalesce
-                await self.notifier.wait(t.transfer_id)
+        with self._stream_slot():
+            self.coord.watch_started(t, self.clock())
+            try:
+                while True:
+                    seen, terminal = t.version, t.state.terminal  # before the yield: it awaits
+                    yield status_of(t)
+                    if terminal:
+                        return
+                    while t.version == seen:  # level-triggered: changes while we sent coalesce
+                        await self.notifier.wait(t.transfer_id)
+            finally:
+                self.coord.watch_ended(t, self.clock())
 
     @streaming
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[pb.ReadResponse]:
-        t, segments = self.coord.read_segments(request.transfer_id)
+        t, segments = self.coord.read_segments(request.transfer_id, self.clock())
         blocks, start = t.blocks, t.window_start_token
         token = start
-        for chunk in _chunks(segments, self.read_rows):
-            # Each chunk is copied with no await in between, and only while the window is still the
-            # one we planned: a Resume or Abort during the stream must not leak another's rows.
-            if t.blocks is not blocks or t.window_start_token != start:
-                raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while being "
-                              f"read; read the whole window before resuming")
-            rows = self.pool.read(chunk)
-            yield pb.ReadResponse(start_token=token, rows=rows)
-            token += len(rows) // self.row_bytes
+        with self._stream_slot():
+            for chunk in _chunks(segments, self.read_rows):
+                # Each chunk is copied with no await in between, and only while the window is
+                # still the one we planned: a Resume or Abort mid-stream must not leak others' rows.
+                if t.blocks is not blocks or t.window_start_token != start:
+                    raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while "
+                                  f"being read; read the whole window before resuming")
+                rows = self.pool.read(chunk)
+                yield pb.ReadResponse(start_token=token, rows=rows)
+                token += len(rows) // self.row_bytes
 
     async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], context: Any) -> pb.PushResponse:
         try:
-            t: Transfer | None = None
-            async for msg in request_iterator:
-                if t is None:
-                    t = await self._attach(msg)
-                elif msg.transfer_id and msg.transfer_id != t.transfer_id:
-                    raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
-                                          f"names {msg.transfer_id!r}; use one stream per transfer")
-                await self._write(t.transfer_id, msg.start_token, msg.rows)
-            if t is None:
-                raise InvalidArgument("the Push stream carried no message; the first must carry "
-                                      "transfer_id and total_tokens")
-            return pb.PushResponse(status=status_of(t))
+            with self._stream_slot():
+                return await self._push(request_iterator)
         except TransferError as e:
             await _abort_with(context, e)
             raise AssertionError("unreachable: context.abort raises")
+
+    async def _push(self, request_iterator: AsyncIterator[pb.PushRequest]) -> pb.PushResponse:
+        t: Transfer | None = None
+        async for msg in request_iterator:
+            if t is None:
+                t = await self._attach(msg)
+            elif msg.transfer_id and msg.transfer_id != t.transfer_id:
+                raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
+                                      f"names {msg.transfer_id!r}; use one stream per transfer")
+            await self._write(t.transfer_id, msg.start_token, msg.rows)
+        if t is None:
+            raise InvalidArgument("the Push stream carried no message; the first must carry "
+                                  "transfer_id and total_tokens")
+        return pb.PushResponse(status=status_of(t))
 
     async def _attach(self, msg: pb.PushRequest) -> Transfer:
         """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout."""

@@ -45,12 +45,15 @@ class Limits:
     bootstrap_timeout: float
     stall_timeout: float
     retention: float
+    # A receiver that makes no call (Poll, Watch, Read, Resume) for this long loses the transfer.
+    lease_timeout: float = 30.0
+    max_transfers: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("num_blocks", "block_tokens", "default_window_tokens"):
+        for name in ("num_blocks", "block_tokens", "default_window_tokens", "max_transfers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("bootstrap_timeout", "stall_timeout", "retention"):
+        for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.default_window_tokens > self.pool_tokens:
@@ -136,13 +139,31 @@ class Coordinator:
                            f"(by Release or after retention)")
         return t
 
+    def observe(self, transfer_id: str, now: float) -> Transfer:
+        """``get`` by the receiver (Poll, Read): renews its lease. Not progress."""
+        t = self.get(transfer_id)
+        t.lease_renewed_at = now
+        return t
+
+    def watch_started(self, t: Transfer, now: float) -> None:
+        """A Watch stream holds the receiver's lease for as long as it is open."""
+        t.watchers += 1
+        t.lease_renewed_at = now
+
+    def watch_ended(self, t: Transfer, now: float) -> None:
+        t.watchers -= 1
+        t.lease_renewed_at = now
+        if not t.watchers and not t.state.terminal and not t.released:
+            # The lease counts again: the deadline may now fall before the one scheduled.
+            self._schedule(t, self._deadline(t))
+
     @property
     def resumes_waiting(self) -> int:
         return len(self._waiting)
 
-    def read_segments(self, transfer_id: str) -> tuple[Transfer, list[Segment]]:
-        """The filled rows of the current window, in token order."""
-        t = self.get(transfer_id)
+    def read_segments(self, transfer_id: str, now: float) -> tuple[Transfer, list[Segment]]:
+        """The filled rows of the current window, in token order (renews the receiver's lease)."""
+        t = self.observe(transfer_id, now)
         if t.state is State.FAILED:
             raise FailedPrecondition(f"transfer {transfer_id!r} failed ({t.failure_reason}); "
                                      f"its blocks are freed, nothing to read")
@@ -161,6 +182,10 @@ class Coordinator:
         if self.draining:
             raise Unavailable("the server is shutting down and takes no new transfers; "
                               "open on another replica")
+        if len(self.transfers) >= self.limits.max_transfers:
+            raise ResourceExhausted(f"{len(self.transfers)} transfers are held, the limit "
+                                    f"(--max-transfers) is {self.limits.max_transfers}; Release "
+                                    f"finished transfers, or retry later")
         if self._waiting:
             raise ResourceExhausted(f"{len(self._waiting)} resume(s) are waiting for free blocks "
                                     f"and are served before new transfers; retry later")
@@ -174,12 +199,12 @@ class Coordinator:
         self.transfers[transfer_id] = t
         self.state_counts[t.state] += 1
         self.listener.opened(t)
-        self._schedule(t, now + min(self.limits.bootstrap_timeout, self.limits.stall_timeout))
+        self._schedule(t, self._deadline(t))
         self._changed(t)
         return t
 
     def resume(self, transfer_id: str, sent_tokens: int, window_tokens: int, now: float) -> ResumeResult:
-        t = self.get(transfer_id)
+        t = self.observe(transfer_id, now)
         if t.last_resume_sent_tokens >= 0 and sent_tokens <= t.last_resume_sent_tokens:
             reason = "repeat" if sent_tokens == t.last_resume_sent_tokens else "stale"
             self.listener.resume_duplicate(t, reason)
@@ -323,7 +348,7 @@ class Coordinator:
         return len(live)
 
     def expire(self, now: float) -> None:
-        """Apply every timeout due at ``now``: bootstrap and stall fail, retention releases."""
+        """Apply every timeout due at ``now``: bootstrap, lease and stall fail; retention releases."""
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, t = heapq.heappop(heap)
@@ -334,16 +359,9 @@ class Coordinator:
                 self._schedule(t, due)
             elif t.state.terminal:
                 self.release(t.transfer_id, by="retention")
-            elif t.state is State.BOOTSTRAPPING and now >= t.opened_at + self.limits.bootstrap_timeout:
-                self.fail(t, Outcome.BOOTSTRAP_TIMEOUT,
-                          f"bootstrap_timeout: no sender attached within "
-                          f"{self.limits.bootstrap_timeout:g}s of Open", now)
-                self._schedule(t, self._deadline(t))
             else:
-                self.fail(t, Outcome.STALL_TIMEOUT,
-                          f"stall_timeout: no progress for {self.limits.stall_timeout:g}s "
-                          f"({_stall_cause(t)})", now)
-                self._schedule(t, self._deadline(t))
+                outcome, reason = self._timeout_of(t, now)
+                self.fail(t, outcome, reason, now)
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
@@ -398,6 +416,7 @@ class Coordinator:
     def _finish(self, t: Transfer, outcome: str, now: float) -> None:
         t.outcome = outcome
         t.finished_at = now
+        self._schedule(t, self._deadline(t))  # retention may fall before the live deadline
         self.listener.finished(t)
 
     def _changed(self, t: Transfer) -> None:
@@ -407,10 +426,23 @@ class Coordinator:
     def _deadline(self, t: Transfer) -> float:
         if t.state.terminal:
             return t.finished_at + self.limits.retention
-        stall = t.last_progress_at + self.limits.stall_timeout
+        due = t.last_progress_at + self.limits.stall_timeout
         if t.state is State.BOOTSTRAPPING:
-            return min(stall, t.opened_at + self.limits.bootstrap_timeout)
-        return stall
+            due = min(due, t.opened_at + self.limits.bootstrap_timeout)
+        if not t.watchers:
+            due = min(due, t.lease_renewed_at + self.limits.lease_timeout)
+        return due
+
+    def _timeout_of(self, t: Transfer, now: float) -> tuple[str, str]:
+        lim = self.limits
+        if t.state is State.BOOTSTRAPPING and now >= t.opened_at + lim.bootstrap_timeout:
+            return Outcome.BOOTSTRAP_TIMEOUT, (f"bootstrap_timeout: no sender attached within "
+                                               f"{lim.bootstrap_timeout:g}s of Open")
+        if not t.watchers and now >= t.lease_renewed_at + lim.lease_timeout:
+            return Outcome.LEASE_EXPIRED, (f"lease_expired: the receiver made no call (Poll, "
+                                           f"Watch, Read, Resume) for {lim.lease_timeout:g}s")
+        return Outcome.STALL_TIMEOUT, (f"stall_timeout: no progress for {lim.stall_timeout:g}s "
+                                       f"({_stall_cause(t)})")
 
     def _schedule(self, t: Transfer, deadline: float) -> None:
         heapq.heappush(self._deadlines, (deadline, next(self._seq), t))

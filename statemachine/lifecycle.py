@@ -57,6 +57,7 @@ class Transfer:
         "window_start_token", "window_tokens", "blocks", "blocks_wanted", "resume_count",
         "last_resume_sent_tokens", "failure_reason", "outcome", "opened_at", "last_progress_at",
         "finished_at", "window_full_at", "version", "write_in_flight", "released",
+        "lease_renewed_at", "watchers",
     )
 
     def __init__(self, transfer_id: str, open_window_tokens: int, blocks: list[int],
@@ -82,6 +83,8 @@ class Transfer:
         self.version = 0  # bumped on every change a watcher could see
         self.write_in_flight = False
         self.released = False
+        self.lease_renewed_at = now  # the receiver's last call
+        self.watchers = 0  # open Watch streams: each holds the lease
 
     @property
     def window_filled_tokens(self) -> int:

@@ -39,7 +39,8 @@ def make(num_blocks: int = 16, window: int = 64, **kw: float) -> tuple[Coordinat
     rec = Recorder()
     limits = Limits(num_blocks=num_blocks, block_tokens=BT, default_window_tokens=window,
                     bootstrap_timeout=kw.get("bootstrap", 10), stall_timeout=kw.get("stall", 20),
-                    retention=kw.get("retention", 30))
+                    retention=kw.get("retention", 30), lease_timeout=kw.get("lease", 1000),
+                    max_transfers=int(kw.get("max_transfers", 1000)))
     return Coordinator(limits, rec), rec
 
 
@@ -226,7 +227,7 @@ def test_last_token_is_success_and_keeps_the_window_readable() -> None:
     push(c, "a", 0, 12, now=3)
     t = c.get("a")
     assert t.state is State.SUCCESS and t.outcome == Outcome.SUCCESS and t.finished_at == 3
-    _, segs = c.read_segments("a")
+    _, segs = c.read_segments("a", now=0)
     assert sum(s.tokens for s in segs) == 12
     assert ("finished", "a", "success") in rec.events
 
@@ -415,7 +416,7 @@ def test_read_segments_of_failed_is_refused() -> None:
     fill_first_window(c)
     c.abort("a", "x", now=0)
     with pytest.raises(FailedPrecondition, match="nothing to read"):
-        c.read_segments("a")
+        c.read_segments("a", now=0)
 
 
 # -- the clock -----------------------------------------------------------------------------------
@@ -462,6 +463,7 @@ def test_progress_pushes_the_stall_deadline() -> None:
     c.attach("a", 64, b"", now=0)
     for i, now in enumerate(range(5, 60, 5)):
         push(c, "a", i, 1, now=now)
+        c.observe("a", now)
         c.expire(now)
     assert c.get("a").state is State.TRANSFERRING
 
@@ -503,3 +505,56 @@ def test_fail_all_for_shutdown() -> None:
     fill_first_window(c, "b", total=16)
     assert c.fail_all(Outcome.SHUTDOWN, "shutdown", now=0) == 1
     assert c.get("a").outcome == Outcome.SHUTDOWN and c.get("b").state is State.SUCCESS
+
+
+def test_receiver_lease_expires_without_receiver_calls() -> None:
+    c, rec = make(lease=5, stall=100)
+    c.open("a", 16, now=0)
+    c.attach("a", 64, b"", now=0)
+    for now in (1, 2, 3, 4):
+        push(c, "a", now - 1, 1, now=now)  # the sender's progress does not renew the lease
+        c.expire(now)
+    c.expire(5)
+    t = c.get("a")
+    assert t.outcome == Outcome.LEASE_EXPIRED and "no call" in t.failure_reason
+    assert t.blocks == []
+
+
+def test_receiver_calls_renew_the_lease_but_are_not_progress() -> None:
+    c, _ = make(lease=5, stall=12)
+    fill_first_window(c, total=64)
+    for now in range(1, 12):
+        c.observe("a", now)  # a receiver polling, never resuming
+        c.expire(now)
+    assert c.get("a").state is State.TRANSFERRING
+    c.observe("a", 12)
+    c.expire(12)
+    assert c.get("a").outcome == Outcome.STALL_TIMEOUT
+
+
+def test_an_open_watch_holds_the_lease() -> None:
+    c, _ = make(lease=5, stall=100)
+    t = fill_first_window(c, total=64)
+    c.watch_started(t, now=0)
+    c.expire(50)
+    assert t.state is State.TRANSFERRING
+    c.watch_ended(t, now=50)
+    c.expire(54.9)
+    assert t.state is State.TRANSFERRING
+    c.expire(55)
+    assert t.outcome == Outcome.LEASE_EXPIRED
+
+
+def test_retention_shorter_than_the_live_deadline() -> None:
+    c, _ = make(stall=100, retention=2)
+    fill_first_window(c, total=16, now=0)
+    c.expire(2)
+    assert "a" not in c.transfers
+
+
+def test_max_transfers() -> None:
+    c, _ = make(max_transfers=2)
+    c.open("a", 8, now=0)
+    c.open("b", 8, now=0)
+    with pytest.raises(ResourceExhausted, match="--max-transfers"):
+        c.open("c", 8, now=0)

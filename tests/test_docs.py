@@ -41,3 +41,13 @@ def test_quickstart_completes_a_three_window_transfer_on_the_default_server() ->
         srv.assert_pool_free()
     finally:
         assert srv.stop() == 0
+
+
+def test_readme_documents_every_flag() -> None:
+    from dataclasses import fields
+
+    from kvferry.server.config import ServerConfig
+
+    table = README[README.index("## Configuration"):README.index("## Metrics")]
+    for f in fields(ServerConfig):
+        assert f"--{f.name.replace('_', '-')}`" in table, f"README lacks --{f.name}"

@@ -87,6 +87,8 @@ def test_default_values_map_one_to_one_onto_serve_flags() -> None:
         s["bootstrapTimeout"], s["stallTimeout"], s["retention"], s["shutdownGrace"])
     assert (cfg.port, cfg.metrics_port, cfg.host) == (s["grpcPort"], s["metricsPort"], "0.0.0.0")
     assert cfg.max_message_bytes == s["maxMessageBytes"]
+    assert (cfg.lease_timeout, cfg.max_transfers, cfg.max_streams) == (
+        s["leaseTimeout"], s["maxTransfers"], s["maxStreams"])
     assert not cfg.auth_token_file and not cfg.tls_cert
     # The chart's defaults are the server's defaults, but for the bind address.
     from kvferry.server.config import ServerConfig

@@ -70,6 +70,9 @@ app.kubernetes.io/part-of: kvferry
 - --bootstrap-timeout={{ .Values.server.bootstrapTimeout }}
 - --stall-timeout={{ .Values.server.stallTimeout }}
 - --retention={{ .Values.server.retention }}
+- --lease-timeout={{ .Values.server.leaseTimeout }}
+- --max-transfers={{ .Values.server.maxTransfers | int64 }}
+- --max-streams={{ .Values.server.maxStreams | int64 }}
 - --shutdown-grace={{ .Values.server.shutdownGrace }}
 - --max-message-bytes={{ .Values.server.maxMessageBytes | int64 }}
 {{- if .Values.auth.enabled }}
