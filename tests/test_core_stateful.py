@@ -1,0 +1,214 @@
+"""Hypothesis drives the core with random interleavings of every request, clock jumps past every
+timeout, and writes aborted mid-copy; the invariants are checked after every step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from kvferry.statemachine import (
+    Coordinator, Limits, Listener, State, Transfer, TransferError, WriteTicket,
+)
+
+NUM_BLOCKS, BT = 12, 4
+IDS = st.sampled_from(["a", "b", "c"])
+LIMITS = Limits(num_blocks=NUM_BLOCKS, block_tokens=BT, default_window_tokens=8,
+                bootstrap_timeout=10, stall_timeout=20, retention=30, lease_timeout=25,
+                max_transfers=3)
+
+
+class Tracker(Listener):
+    def __init__(self) -> None:
+        self.applied = 0
+        self.duplicates = 0
+
+    def resume_applied(self, t: Transfer, window_wait: float | None) -> None:
+        self.applied += 1
+
+    def resume_duplicate(self, t: Transfer, reason: str) -> None:
+        self.duplicates += 1
+
+
+class CoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracker = Tracker()
+        self.c = Coordinator(LIMITS, self.tracker)
+        self.now = 0.0
+        # A fake pool: each row holds (transfer object id, token) of what was written there.
+        self.pool: list[list[Any]] = [[None] * BT for _ in range(NUM_BLOCKS)]
+        self.delivered: dict[int, int] = {}  # id(transfer) -> tokens seen delivered, in order
+        self.last_sent: dict[int, int] = {}
+        self.terminal: dict[int, State] = {}
+        self.objects: dict[int, Transfer] = {}
+        self.pending: list[WriteTicket] = []  # copies begun, not yet ended
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except TransferError:
+            return None  # refusals are fine; the invariants say nothing changed wrongly
+
+    # -- requests --------------------------------------------------------------------------
+
+    @initialize(totals=st.lists(st.integers(1, 120), min_size=3, max_size=3))
+    def start_with_live_transfers(self, totals: list[int]) -> None:
+        """Begin mid-flight: every id opened and attached, so most steps exercise live ones."""
+        for tid, total in zip(("a", "b", "c"), totals):
+            t = self.c.open(tid, 8, self.now)
+            self.objects[id(t)] = t
+            self.c.attach(tid, total, b"", self.now)
+
+    @rule(tid=IDS, window=st.sampled_from([0, 3, 4, 8, 13, 48, 49]))
+    def open(self, tid: str, window: int) -> None:
+        t = self._call(self.c.open, tid, window, self.now)
+        if t is not None:
+            self.objects[id(t)] = t
+
+    @rule(tid=IDS, total=st.integers(0, 40))
+    def attach(self, tid: str, total: int) -> None:
+        self._call(self.c.attach, tid, total, b"", self.now)
+
+    @rule(tid=IDS, total=st.integers(1, 120), offset=st.sampled_from([-5, -1, 0, 0, 0, 0, 1]),
+          rows=st.integers(0, 16), hold=st.booleans())
+    def push(self, tid: str, total: int, offset: int, rows: int, hold: bool) -> None:
+        """One Push message, as the server handles it: attach (first message), then write."""
+        t = self.c.transfers.get(tid)
+        if t is not None and t.state is State.BOOTSTRAPPING:
+            self._call(self.c.attach, tid, total, b"", self.now)
+        start = max(0, (t.sent_tokens if t else 0) + offset)
+        ticket = self._call(self.c.begin_write, tid, start, rows)
+        if ticket is None or not ticket.count:
+            return
+        first = ticket.transfer.sent_tokens
+        for i, (b, off, n) in enumerate(_rows(ticket)):
+            self.pool[b][off] = (id(ticket.transfer), first + i)
+        if hold:  # the copy is still landing; other requests interleave before end_write
+            self.pending.append(ticket)
+        else:
+            self._end(ticket)
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data())
+    def finish_a_copy(self, data: st.DataObject) -> None:
+        self._end(self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1))))
+
+    def _end(self, ticket: WriteTicket) -> None:
+        t = ticket.transfer
+        before = t.sent_tokens
+        self.c.end_write(ticket, self.now)
+        if t.sent_tokens != before:  # delivered: exactly the next tokens, in order
+            assert self.delivered.get(id(t), 0) == before
+            self.delivered[id(t)] = t.sent_tokens
+
+    @rule(tid=IDS)
+    def poll_and_read(self, tid: str) -> None:
+        got = self._call(self.c.read_segments, tid, self.now)
+        if got is None:
+            return
+        t, segments = got
+        token = t.window_start_token
+        for b, off, n in segments:
+            for k in range(n):
+                # Only this transfer's rows, in token order: nothing foreign, nothing stale.
+                assert self.pool[b][off + k] == (id(t), token), (b, off + k, token)
+                token += 1
+        assert token == t.sent_tokens
+
+    @rule(tid=IDS, delta=st.sampled_from([-9, -1, 0, 0, 0, 1]), window=st.sampled_from([0, 4, 16, 40, 60]),
+          ranks=st.integers(1, 3))
+    def resume(self, tid: str, delta: int, window: int, ranks: int) -> None:
+        t = self.c.transfers.get(tid)
+        sent = max(0, (t.sent_tokens if t else 0) + delta)
+        already = t is not None and 0 <= sent <= t.last_resume_sent_tokens
+        results = [self._call(self.c.resume, tid, sent, window, self.now) for _ in range(ranks)]
+        applied = [r for r in results if r is not None and not r.duplicate]
+        assert len(applied) <= 1, "one resume applied per sent_tokens, whatever the ranks"
+        if already:  # in any state, terminal included: answered as a duplicate, never refused
+            assert all(r is not None and r.duplicate for r in results)
+        if applied:  # every other rank's copy of it is a duplicate
+            assert all(r is not None for r in results[results.index(applied[0]):])
+
+    @rule(tid=IDS, really=st.sampled_from([False, False, False, True]))
+    def abort(self, tid: str, really: bool) -> None:
+        if really:  # rarer than the other requests, so transfers get somewhere first
+            self._call(self.c.abort, tid, "chaos", self.now)
+
+    @rule(tid=IDS)
+    def release(self, tid: str) -> None:
+        self._call(self.c.release, tid)
+
+    @rule(tid=IDS, start=st.booleans())
+    def watch(self, tid: str, start: bool) -> None:
+        t = self.c.transfers.get(tid)
+        if t is None:
+            return
+        if start:
+            self.c.watch_started(t, self.now)
+        elif t.watchers:
+            self.c.watch_ended(t, self.now)
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 3.0, 0.5, 1.0, 2.0, 11.0, 21.0, 26.0, 31.0]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.c.expire(self.now)
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def blocks_are_owned_once_and_all_accounted_for(self) -> None:
+        owned = [b for t in self.objects.values() for b in t.blocks]
+        assert len(owned) == len(set(owned)), "a block is owned twice"
+        assert len(owned) + self.c.allocator.free_count == NUM_BLOCKS, "a block leaked"
+        for b in owned:
+            assert self.c.allocator.is_used(b)
+
+    @invariant()
+    def sent_tokens_only_grow_and_terminal_states_stay(self) -> None:
+        for key, t in self.objects.items():
+            assert t.sent_tokens >= self.last_sent.get(key, 0)
+            self.last_sent[key] = t.sent_tokens
+            assert t.sent_tokens <= max(t.total_tokens, 0) or t.sent_tokens == 0
+            if key in self.terminal:
+                assert t.state is self.terminal[key], "a terminal state was left"
+            elif t.state.terminal:
+                self.terminal[key] = t.state
+            if t.state is State.SUCCESS:
+                assert t.sent_tokens == t.total_tokens
+            if t.state is State.FAILED and not t.write_in_flight:
+                assert t.blocks == []
+
+    @invariant()
+    def state_counts_and_waiting_queue_are_consistent(self) -> None:
+        counts = {s: 0 for s in State}
+        for t in self.c.transfers.values():
+            counts[t.state] += 1
+            if t.waiting_for_blocks:
+                assert t.state is State.RESUMING and t.blocks == []
+        assert counts == self.c.state_counts
+        assert len(self.c.transfers) <= LIMITS.max_transfers
+
+    def teardown(self) -> None:
+        # Land every copy, fail and release everything: the whole pool comes back.
+        for ticket in self.pending:
+            self.c.end_write(ticket, self.now)
+        self.c.fail_all("shutdown", "teardown", self.now)
+        for tid in list(self.c.transfers):
+            self.c.release(tid)
+        assert self.c.allocator.free_count == NUM_BLOCKS
+
+
+def _rows(ticket: WriteTicket) -> list[tuple[int, int, int]]:
+    out = []
+    for b, off, n in ticket.segments:
+        out += [(b, off + k, 1) for k in range(n)]
+    return out
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=1500, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+TestCoreInterleavings = CoreMachine.TestCase
