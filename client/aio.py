@@ -3,6 +3,7 @@ poll -> read -> resume loop (or its guard) itself."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
@@ -76,7 +77,7 @@ class AsyncClient:
             self.channel = grpc.aio.secure_channel(target, credentials, options=opts)
         self.stub = pb_grpc.TransferServiceStub(self.channel)
         self._md = tuple(call_metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
-        self._pool: pb.PoolInfo | None = None
+        self._pool: asyncio.Future[pb.PoolInfo] | None = None
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -88,9 +89,13 @@ class AsyncClient:
         await self.channel.close()
 
     async def pool_info(self, refresh: bool = False) -> pb.PoolInfo:
-        if self._pool is None or refresh:
-            self._pool = await self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), metadata=self._md)
-        return self._pool
+        """The server's pool; cached (concurrent first callers share one call) unless refresh."""
+        failed = self._pool is not None and self._pool.done() and (
+            self._pool.cancelled() or self._pool.exception() is not None)
+        if self._pool is None or refresh or failed:
+            self._pool = asyncio.ensure_future(
+                self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), metadata=self._md))
+        return await asyncio.shield(self._pool)
 
     async def poll(self, transfer_id: str) -> pb.TransferStatus:
         return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id), metadata=self._md)

@@ -19,6 +19,7 @@ from kvferry.server.auth import BearerTokenAuth
 from kvferry.server.config import ServerConfig, parse_faults
 from kvferry.server.faults import FaultInjector
 from kvferry.server.grpc_metrics import GrpcServerMetrics
+from kvferry.server.handlers import DecodeErrorsAreInvalidArgument
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
 from kvferry.server.notifier import ChangeNotifier
@@ -101,9 +102,14 @@ async def start(config: ServerConfig) -> Server:
     if faults:
         log.warning("fault injection is ON: %s", config.faults)
         interceptors.append(FaultInjector(faults, config.fault_seed))
+    interceptors.append(DecodeErrorsAreInvalidArgument())
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # gRPC core cancels calls that wait for the application beyond 1000 by default; a burst
+        # of Opens from a large batch must queue instead.
+        ("grpc.server.max_pending_requests", 4 * config.max_streams),
+        ("grpc.server.max_pending_requests_hard_limit", 8 * config.max_streams),
     ])
     pb_grpc.add_TransferServiceServicer_to_server(
         TransferService(config, coord, pool, notifier), server)

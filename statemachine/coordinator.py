@@ -21,6 +21,8 @@ from kvferry.statemachine.errors import (
 from kvferry.statemachine.lifecycle import State, Transfer, fire, resume_is_due
 
 MAX_ID_BYTES = 256
+# Far beyond any request (2^48 tokens), and well inside the wire's int64 fields.
+MAX_TOTAL_TOKENS = 2**48
 
 
 class Outcome:
@@ -253,8 +255,9 @@ class Coordinator:
 
     def attach(self, transfer_id: str, total_tokens: int, metadata: bytes, now: float) -> Transfer:
         """The first message of a Push stream. Reconnecting senders attach again."""
-        if total_tokens <= 0:
-            raise InvalidArgument("the first Push message must carry total_tokens > 0")
+        if not 0 < total_tokens <= MAX_TOTAL_TOKENS:
+            raise InvalidArgument(f"the first Push message must carry total_tokens between 1 "
+                                  f"and {MAX_TOTAL_TOKENS}, got {total_tokens}")
         t = self.get(transfer_id)
         if t.state is State.FAILED:
             raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")

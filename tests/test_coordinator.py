@@ -151,8 +151,10 @@ def test_attach_errors() -> None:
     with pytest.raises(NotFound):
         c.attach("nope", 5, b"", now=0)
     c.open("a", 16, now=0)
-    with pytest.raises(InvalidArgument, match="total_tokens > 0"):
+    with pytest.raises(InvalidArgument, match="between 1 and"):
         c.attach("a", 0, b"", now=0)
+    with pytest.raises(InvalidArgument, match="between 1 and"):
+        c.attach("a", 2**64 - 1, b"", now=0)
     c.attach("a", 40, b"", now=0)
     with pytest.raises(FailedPrecondition, match="total_tokens=41"):
         c.attach("a", 41, b"", now=0)
