@@ -1,0 +1,61 @@
+"""The baseline: a bare grpc.aio server, no interceptors, no kvferry, same message sizes.
+
+    python -m bench.echo_server ROW_BYTES BUFFER_BYTES
+
+Methods (all bytes in, bytes out, no protobuf work):
+  /echo.Echo/Unary       answer a fixed reply of the size kvferry's status has
+  /echo.Echo/Sink        client stream: copy each message into a preallocated buffer
+  /echo.Echo/Source      server stream: send the preallocated buffer in 4 MiB messages
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import grpc
+import numpy as np
+
+READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
+
+
+async def main(row_bytes: int, buffer_bytes: int) -> None:
+    buffer = np.empty(buffer_bytes, dtype=np.uint8)
+    reply = bytes(96)  # about a TransferStatus
+    chunk = (READ_MESSAGE_BUDGET // row_bytes) * row_bytes
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return reply
+
+    async def sink(requests, context):  # type: ignore[no-untyped-def]
+        offset = 0
+        async for msg in requests:
+            n = len(msg)
+            end = min(offset + n, buffer_bytes)
+            buffer[offset:end] = np.frombuffer(msg, dtype=np.uint8, count=end - offset)
+            offset = end % buffer_bytes
+        return reply
+
+    async def source(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        size = int.from_bytes(request[:8], "little") if len(request) >= 8 else buffer_bytes
+        size = min(size, buffer_bytes)
+        for off in range(0, size, chunk):
+            yield bytes(memoryview(buffer)[off:min(off + chunk, size)])
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Sink": grpc.stream_unary_rpc_method_handler(sink),
+        "Source": grpc.unary_stream_rpc_method_handler(source),
+    }
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                                      ("grpc.server.max_pending_requests", 16384)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("echo.Echo", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(json.dumps({"event": "serving", "grpc_port": port}), flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))

@@ -1,0 +1,111 @@
+"""Start a kvferry server as a child process and wait until it serves: for demos, benchmarks and
+tests that need a real server next to them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kvferry.v1 import transfer_pb2 as pb
+from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    grpc_port: int
+    metrics_port: int
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def stub(self) -> tuple[grpc.Channel, pb_grpc.TransferServiceStub]:
+        ch = grpc.insecure_channel(self.target)
+        return ch, pb_grpc.TransferServiceStub(ch)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample, e.g. metric('kvferry_resumes_total')."""
+        key = f"{name}{{{labels}}}" if labels else name
+        for line in self.metrics_text().splitlines():
+            if line.startswith(key + " "):
+                return float(line.split()[-1])
+        raise KeyError(key)
+
+    def pool_info(self) -> pb.PoolInfo:
+        ch, stub = self.stub()
+        with ch:
+            return stub.GetPoolInfo(pb.GetPoolInfoRequest(), timeout=5)
+
+    def assert_pool_free(self, timeout: float = 5.0) -> None:
+        """Every block free and no transfer held (releases may still be landing)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.pool_info()
+            if info.free_blocks == info.num_blocks and info.transfers == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pool not free: {info.free_blocks}/{info.num_blocks} blocks "
+                                     f"free, {info.transfers} transfers held")
+            time.sleep(0.02)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def launch(flags: dict[str, Any], credentials: grpc.ChannelCredentials | None = None,
+           env: dict[str, str] | None = None) -> ServerProcess:
+    """``kvferry serve`` with ``flags`` (names as in ServerConfig) on free ports, once SERVING.
+    ``credentials``: what the health check connects with, for a TLS server."""
+    argv = [sys.executable, "-m", "kvferry.server", "serve", "--port", "0", "--metrics-port", "0"]
+    for k, v in flags.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"server did not start: {err}")
+    started = json.loads(line)
+    srv = ServerProcess(proc, started["grpc_port"], started["metrics_port"], dict(flags))
+    ch = (grpc.insecure_channel(srv.target) if credentials is None
+          else grpc.secure_channel(srv.target, credentials))
+    with ch:
+        deadline = time.monotonic() + 30
+        while True:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server never reported SERVING")
+            time.sleep(0.05)
+    return srv
