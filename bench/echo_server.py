@@ -2,31 +2,38 @@
 
     python -m bench.echo_server ROW_BYTES BUFFER_BYTES
 
-Methods (all bytes in, bytes out, no protobuf work):
-  /echo.Echo/Unary       answer a fixed reply of the size kvferry's status has
+Methods:
+  /echo.Echo/Unary       decode a PollRequest, answer a TransferStatus of the same fields and size
+                         as kvferry's Poll answer (what any protobuf servicer does per call)
+  /echo.Echo/RawUnary    bytes in, a fixed reply out: gRPC alone, no codec
   /echo.Echo/Sink        client stream: copy each message into a preallocated buffer
   /echo.Echo/Source      server stream: send the preallocated buffer in 4 MiB messages
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
 import grpc
 import numpy as np
 
+from kvferry.v1 import transfer_pb2 as pb
+
 READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
 
 
 async def main(row_bytes: int, buffer_bytes: int) -> None:
     buffer = np.empty(buffer_bytes, dtype=np.uint8)
-    reply = bytes(96)  # about a TransferStatus
     chunk = (READ_MESSAGE_BUDGET // row_bytes) * row_bytes
+    raw_reply = bytes(48)
 
-    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return reply
+    async def unary(request: pb.PollRequest, context: grpc.aio.ServicerContext) -> pb.TransferStatus:
+        return pb.TransferStatus(transfer_id=request.transfer_id, state=pb.TRANSFER_STATE_BOOTSTRAPPING,
+                                 window_tokens=8, block_indices=[0], last_resume_sent_tokens=-1)
+
+    async def raw_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return raw_reply
 
     async def sink(requests, context):  # type: ignore[no-untyped-def]
         offset = 0
@@ -35,7 +42,7 @@ async def main(row_bytes: int, buffer_bytes: int) -> None:
             end = min(offset + n, buffer_bytes)
             buffer[offset:end] = np.frombuffer(msg, dtype=np.uint8, count=end - offset)
             offset = end % buffer_bytes
-        return reply
+        return raw_reply
 
     async def source(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         size = int.from_bytes(request[:8], "little") if len(request) >= 8 else buffer_bytes
@@ -44,13 +51,17 @@ async def main(row_bytes: int, buffer_bytes: int) -> None:
             yield bytes(memoryview(buffer)[off:min(off + chunk, size)])
 
     handlers = {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Unary": grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=pb.PollRequest.FromString,
+            response_serializer=pb.TransferStatus.SerializeToString),
+        "RawUnary": grpc.unary_unary_rpc_method_handler(raw_unary),
         "Sink": grpc.stream_unary_rpc_method_handler(sink),
         "Source": grpc.unary_stream_rpc_method_handler(source),
     }
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),
                                       ("grpc.server.max_pending_requests", 16384)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("echo.Echo", handlers)])
+    server.add_registered_method_handlers("echo.Echo", handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(json.dumps({"event": "serving", "grpc_port": port}), flush=True)
@@ -58,4 +69,6 @@ async def main(row_bytes: int, buffer_bytes: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    from kvferry.server.app import run_loop  # the same event loop as the kvferry server
+
+    run_loop(main(int(sys.argv[1]), int(sys.argv[2])))

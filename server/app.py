@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, Coroutine
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from kvferry.server.auth import BearerTokenAuth
+from kvferry.server.auth import BearerToken
 from kvferry.server.config import ServerConfig, parse_faults
-from kvferry.server.faults import FaultInjector
+from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
-from kvferry.server.handlers import DecodeErrorsAreInvalidArgument
+from kvferry.server.pipeline import Pipeline
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
 from kvferry.server.notifier import ChangeNotifier
@@ -92,18 +94,14 @@ async def start(config: ServerConfig) -> Server:
     coord = Coordinator(config.limits(), ShellListener(notifier, metrics))
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 
-    grpc_metrics = GrpcServerMetrics(registry)
-    grpc_metrics.preregister(SERVICE_NAME, pb.DESCRIPTOR.services_by_name["TransferService"].methods)
-    interceptors: list[grpc.aio.ServerInterceptor] = [grpc_metrics]  # outermost: counts refusals
     token = config.read_auth_token()
-    if token is not None:
-        interceptors.append(BearerTokenAuth(token))
     faults = parse_faults(config.faults)
     if faults:
         log.warning("fault injection is ON: %s", config.faults)
-        interceptors.append(FaultInjector(faults, config.fault_seed))
-    interceptors.append(DecodeErrorsAreInvalidArgument())
-    server = grpc.aio.server(interceptors=interceptors, options=[
+    pipeline = Pipeline(GrpcServerMetrics(registry),
+                        BearerToken(token) if token is not None else None,
+                        FaultPlan(faults, config.fault_seed) if faults else None)
+    server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
         # gRPC core cancels calls that wait for the application beyond 1000 by default; a burst
@@ -111,12 +109,14 @@ async def start(config: ServerConfig) -> Server:
         ("grpc.server.max_pending_requests", 4 * config.max_streams),
         ("grpc.server.max_pending_requests_hard_limit", 8 * config.max_streams),
     ])
-    pb_grpc.add_TransferServiceServicer_to_server(
-        TransferService(config, coord, pool, notifier), server)
+    pipeline.install(server, pb_grpc.add_TransferServiceServicer_to_server,
+                     TransferService(config, coord, pool, notifier),
+                     decoders=TransferService.DECODERS, raw_responses=TransferService.RAW_RESPONSES)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    pipeline.install(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+    pipeline.install(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                     reflection.aio.ReflectionServicer(
+                         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)))
     credentials = config.server_credentials()
     address = f"{config.host}:{config.port}"
     port = (server.add_insecure_port(address) if credentials is None
@@ -150,6 +150,18 @@ async def serve(config: ServerConfig) -> None:
 def run(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)  # it logs every transition at INFO
-    asyncio.run(serve(config))
+    run_loop(serve(config))
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (KVFERRY_EVENT_LOOP=asyncio to opt out), else asyncio's own loop."""
+    if os.environ.get("KVFERRY_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)

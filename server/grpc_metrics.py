@@ -1,21 +1,20 @@
 """gRPC server metrics under go-grpc-prometheus's names, so existing dashboards work unchanged.
 
-grpc.aio rejects sync interceptors (py-grpc-prometheus is sync), so this is an aio interceptor that
-rewraps each method handler: unary and streaming, requests and responses counted per message.
+grpc.aio rejects sync interceptors (py-grpc-prometheus is sync); kvferry counts inside its own
+per-method handler wrappers (``pipeline``), built once at start, instead of an aio interceptor that
+would rebuild a handler on every call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from bisect import bisect_left
+from typing import Iterator
 
 import grpc
-from google.protobuf.descriptor import MethodDescriptor
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
-from kvferry.server.handlers import behavior_of, same_shape
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # grpc.StatusCode spelled as Go's codes.Code.String() spells it.
 GO_CODES: dict[grpc.StatusCode, str] = {
@@ -42,60 +41,73 @@ def grpc_type(handler: grpc.RpcMethodHandler) -> str:
     return "unary"
 
 
-class _MethodMetrics:
-    """Children bound once per method: no label lookups per call."""
-
-    __slots__ = ("started", "handled", "received", "sent", "seconds")
-
-    def __init__(self, m: "GrpcServerMetrics", labels: tuple[str, str, str]) -> None:
-        self.started = m.started.labels(*labels)
-        self.handled = {code: m.handled.labels(*labels, name) for code, name in GO_CODES.items()}
-        self.received = m.received.labels(*labels)
-        self.sent = m.sent.labels(*labels)
-        self.seconds = m.seconds.labels(*labels)
+# Prometheus' default latency buckets, the ones go-grpc-prometheus uses.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
-class GrpcServerMetrics(grpc.aio.ServerInterceptor):
+class MethodMetrics:
+    """One method's counts as plain ints, bumped by the event loop's single thread with no lock
+    (prometheus_client takes a lock per inc); the scrape thread only reads them."""
+
+    __slots__ = ("labels", "started", "received", "sent", "handled", "buckets", "count", "total")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = self.received = self.sent = 0
+        self.handled: dict[grpc.StatusCode, int] = dict.fromkeys(GO_CODES, 0)
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.count = 0
+        self.total = 0.0
+
+    def finished(self, code: grpc.StatusCode, seconds: float) -> None:
+        self.handled[code] += 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+
+class GrpcServerMetrics(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = Counter("grpc_server_started", "RPCs started on the server.", labels,
-                               registry=registry)
-        self.handled = Counter("grpc_server_handled", "RPCs completed on the server, regardless "
-                               "of success or failure.", labels + ["grpc_code"], registry=registry)
-        self.received = Counter("grpc_server_msg_received", "RPC stream messages received on "
-                                "the server.", labels, registry=registry)
-        self.sent = Counter("grpc_server_msg_sent", "gRPC stream messages sent on the server.",
-                            labels, registry=registry)
-        self.seconds = Histogram("grpc_server_handling_seconds", "Response latency (seconds) of "
-                                 "gRPC that had been application-level handled by the server.",
-                                 labels, registry=registry)
-        self._methods: dict[str, _MethodMetrics] = {}
+        self._methods: list[MethodMetrics] = []
+        registry.register(self)
 
-    def preregister(self, service: str, methods: Iterable[MethodDescriptor]) -> None:
-        """Create every (method, code) series at start, 0 included, as go-grpc-prometheus does."""
-        for m in methods:
-            kind = {(False, False): "unary", (True, False): "client_stream",
-                    (False, True): "server_stream", (True, True): "bidi_stream"}[
-                (m.client_streaming, m.server_streaming)]
-            self._bind(f"/{service}/{m.name}", kind)
-
-    def _bind(self, full_method: str, kind: str) -> _MethodMetrics:
-        mm = self._methods.get(full_method)
-        if mm is None:
-            service, _, method = full_method.lstrip("/").rpartition("/")
-            mm = self._methods[full_method] = _MethodMetrics(self, (kind, service, method))
+    def bind(self, service: str, method: str, h: grpc.RpcMethodHandler) -> MethodMetrics:
+        """Every series of one method, created now (0 included), as go-grpc-prometheus does."""
+        mm = MethodMetrics((grpc_type(h), service, method))
+        self._methods.append(mm)
         return mm
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        return _wrap(handler, self._bind(details.method, grpc_type(handler)))
+    def collect(self) -> Iterator[Metric]:
+        names = ["grpc_type", "grpc_service", "grpc_method"]
+        started = CounterMetricFamily("grpc_server_started", "RPCs started on the server.",
+                                      labels=names)
+        handled = CounterMetricFamily("grpc_server_handled", "RPCs completed on the server, "
+                                      "regardless of success or failure.",
+                                      labels=names + ["grpc_code"])
+        received = CounterMetricFamily("grpc_server_msg_received", "RPC stream messages "
+                                       "received on the server.", labels=names)
+        sent = CounterMetricFamily("grpc_server_msg_sent", "gRPC stream messages sent on the "
+                                   "server.", labels=names)
+        seconds = HistogramMetricFamily("grpc_server_handling_seconds", "Response latency "
+                                        "(seconds) of gRPC that had been application-level "
+                                        "handled by the server.", labels=names)
+        for mm in list(self._methods):
+            labels = list(mm.labels)
+            started.add_metric(labels, mm.started)
+            received.add_metric(labels, mm.received)
+            sent.add_metric(labels, mm.sent)
+            for code, n in list(mm.handled.items()):
+                handled.add_metric(labels + [GO_CODES[code]], n)
+            cumulative, acc = [], 0
+            for bound, n in zip((*map(str, BUCKETS), "+Inf"), list(mm.buckets)):
+                acc += n
+                cumulative.append((bound, acc))
+            seconds.add_metric(labels, cumulative, mm.total)
+        yield from (started, handled, received, sent, seconds)
 
 
-def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The status an RPC ended with, as the handler left it."""
     code = context.code()
     if code is not None:
         return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code)
@@ -104,54 +116,3 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
-
-
-def _wrap(h: grpc.RpcMethodHandler, mm: _MethodMetrics) -> grpc.RpcMethodHandler:
-    behavior = behavior_of(h)
-
-    async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        async for r in requests:
-            mm.received.inc()
-            yield r
-
-    def begin(request: Any) -> tuple[Any, float]:
-        mm.started.inc()
-        if h.request_streaming:
-            return counted(request), time.perf_counter()
-        mm.received.inc()
-        return request, time.perf_counter()
-
-    def finish(context: grpc.aio.ServicerContext, start: float, error: BaseException | None) -> None:
-        mm.handled[_code(context, error)].inc()
-        mm.seconds.observe(time.perf_counter() - start)
-
-    async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        request, start = begin(request)
-        error = None
-        try:
-            response = await behavior(request, context)
-            mm.sent.inc()
-            return response
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            finish(context, start, error)
-
-    async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        request, start = begin(request)
-        error = None
-        try:
-            if inspect.isasyncgenfunction(behavior):
-                async for response in behavior(request, context):
-                    mm.sent.inc()
-                    yield response
-            else:  # a handler that writes with context.write(): its messages go uncounted
-                await behavior(request, context)
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            finish(context, start, error)
-
-    return same_shape(h, streaming_response if h.response_streaming else unary_response)

@@ -46,7 +46,7 @@ class BlockPool:
             self._host = None
             self._stream = torch.cuda.Stream(self.device)
 
-    def write(self, segments: Sequence[Segment], rows: bytes, first_row: int) -> None:
+    def write(self, segments: Sequence[Segment], rows: bytes | memoryview, first_row: int) -> None:
         """Copy rows ``first_row ...`` of ``rows`` into ``segments``, in order."""
         count = sum(s.tokens for s in segments)
         src = np.frombuffer(rows, dtype=np.uint8, count=count * self.row_bytes,
@@ -68,11 +68,12 @@ class BlockPool:
                 r += s.tokens
         self._stream.synchronize()  # delivered only once the copy has landed
 
-    def read(self, segments: Sequence[Segment]) -> bytes:
-        """The rows of ``segments``, concatenated."""
+    def views(self, segments: Sequence[Segment]) -> tuple[list[memoryview], int]:
+        """The rows of ``segments`` as host buffers to send (views into a CPU pool: no copy), and
+        how many rows they hold."""
+        count = sum(s.tokens for s in segments)
         if self._host is not None:
-            return b"".join(memoryview(self._host[s.block, s.offset:s.offset + s.tokens])
-                            for s in segments)
-        return b"".join(
-            self.tensor[s.block, s.offset:s.offset + s.tokens].cpu().numpy().tobytes()
-            for s in segments)
+            return [memoryview(self._host[s.block, s.offset:s.offset + s.tokens]).cast("B")
+                    for s in segments], count
+        return [memoryview(self.tensor[s.block, s.offset:s.offset + s.tokens].cpu().numpy()).cast("B")
+                for s in segments], count

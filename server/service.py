@@ -1,27 +1,22 @@
-"""grpc.aio servicer: translate messages into core calls and core refusals into gRPC statuses."""
+"""grpc.aio servicer: translate messages into core calls. Core refusals (``TransferError``) are
+turned into gRPC statuses by the pipeline that wraps every method."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Iterator
 
-import grpc
 
 from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pool import BlockPool
+from kvferry.server.wire import PushMessage, decode_push, encode_read_response
 from kvferry.statemachine import (
     Aborted, Coordinator, InvalidArgument, NotFound, Outcome, ResourceExhausted, Transfer,
-    TransferError,
 )
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
-
-_CODES = {c.name: c for c in grpc.StatusCode}
-
-R = TypeVar("R")
 
 
 def status_of(t: Transfer) -> pb.TransferStatus:
@@ -35,33 +30,21 @@ def status_of(t: Transfer) -> pb.TransferStatus:
     )
 
 
-async def _abort_with(context: grpc.aio.ServicerContext, e: TransferError) -> None:
-    await context.abort(_CODES[e.code], e.message)
-
-
-def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    @functools.wraps(fn)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await fn(self, request, context)
-        except TransferError as e:
-            await _abort_with(context, e)
-            raise AssertionError("unreachable: context.abort raises")
-    return handler
-
-
-def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
-    @functools.wraps(fn)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except TransferError as e:
-            await _abort_with(context, e)
-    return handler
+def status_bytes(t: Transfer) -> bytes:
+    """``status_of(t)`` serialized, memoized per version: Polls and Watches of an unchanged
+    transfer cost a lookup."""
+    cached = t.shell_cache
+    if cached is not None and cached[0] == t.version:  # type: ignore[index]
+        return cached[1]  # type: ignore[index]
+    data = status_of(t).SerializeToString()
+    t.shell_cache = (t.version, data)
+    return data
 
 
 class TransferService(pb_grpc.TransferServiceServicer):
+    # Methods whose handler takes a pre-decoded request, or returns serialized bytes.
+    DECODERS = {"Push": decode_push}
+    RAW_RESPONSES = frozenset({"Read", "Poll", "Watch"})
     def __init__(self, config: ServerConfig, coord: Coordinator, pool: BlockPool,
                  notifier: ChangeNotifier) -> None:
         self.config = config
@@ -85,7 +68,6 @@ class TransferService(pb_grpc.TransferServiceServicer):
         finally:
             self.streams -= 1
 
-    @unary
     async def GetPoolInfo(self, request: pb.GetPoolInfoRequest, context: Any) -> pb.PoolInfo:
         c = self.coord
         return pb.PoolInfo(
@@ -94,39 +76,33 @@ class TransferService(pb_grpc.TransferServiceServicer):
             device=self.config.device, default_window_tokens=c.limits.default_window_tokens,
             max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers))
 
-    @unary
     async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
         t = self.coord.open(request.transfer_id, request.window_tokens, self.clock())
         return pb.OpenResponse(status=status_of(t))
 
-    @unary
-    async def Poll(self, request: pb.PollRequest, context: Any) -> pb.TransferStatus:
-        return status_of(self.coord.observe(request.transfer_id, self.clock()))
+    async def Poll(self, request: pb.PollRequest, context: Any) -> bytes:
+        return status_bytes(self.coord.observe(request.transfer_id, self.clock()))
 
-    @unary
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
         r = self.coord.resume(request.transfer_id, request.sent_tokens, request.window_tokens,
                               self.clock())
         return pb.ResumeResponse(status=status_of(r.transfer), duplicate=r.duplicate)
 
-    @unary
     async def Abort(self, request: pb.AbortRequest, context: Any) -> pb.TransferStatus:
         return status_of(self.coord.abort(request.transfer_id, request.reason, self.clock()))
 
-    @unary
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
         t, freed = self.coord.release(request.transfer_id)
         return pb.ReleaseResponse(status=status_of(t), freed_blocks=freed)
 
-    @streaming
-    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.TransferStatus]:
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[bytes]:
         t = self.coord.get(request.transfer_id)
         with self._stream_slot():
             self.coord.watch_started(t, self.clock())
             try:
                 while True:
                     seen, terminal = t.version, t.state.terminal  # before the yield: it awaits
-                    yield status_of(t)
+                    yield status_bytes(t)
                     if terminal:
                         return
                     while t.version == seen:  # level-triggered: changes while we sent coalesce
@@ -134,8 +110,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
             finally:
                 self.coord.watch_ended(t, self.clock())
 
-    @streaming
-    async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[pb.ReadResponse]:
+    async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[bytes]:
+        """Serialized ReadResponses (the method is registered with a raw response serializer)."""
         t, segments = self.coord.read_segments(request.transfer_id, self.clock())
         blocks, start = t.blocks, t.window_start_token
         token = start
@@ -146,19 +122,16 @@ class TransferService(pb_grpc.TransferServiceServicer):
                 if t.blocks is not blocks or t.window_start_token != start:
                     raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while "
                                   f"being read; read the whole window before resuming")
-                rows = self.pool.read(chunk)
-                yield pb.ReadResponse(start_token=token, rows=rows)
-                token += len(rows) // self.row_bytes
+                views, count = self.pool.views(chunk)
+                yield encode_read_response(token, views, count * self.row_bytes)
+                token += count
 
-    async def Push(self, request_iterator: AsyncIterator[pb.PushRequest], context: Any) -> pb.PushResponse:
-        try:
-            with self._stream_slot():
-                return await self._push(request_iterator)
-        except TransferError as e:
-            await _abort_with(context, e)
-            raise AssertionError("unreachable: context.abort raises")
+    async def Push(self, request_iterator: AsyncIterator[PushMessage | pb.PushRequest],
+                   context: Any) -> pb.PushResponse:
+        with self._stream_slot():
+            return await self._push(request_iterator)
 
-    async def _push(self, request_iterator: AsyncIterator[pb.PushRequest]) -> pb.PushResponse:
+    async def _push(self, request_iterator: AsyncIterator[PushMessage | pb.PushRequest]) -> pb.PushResponse:
         t: Transfer | None = None
         async for msg in request_iterator:
             if t is None:
@@ -172,7 +145,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
                                   "transfer_id and total_tokens")
         return pb.PushResponse(status=status_of(t))
 
-    async def _attach(self, msg: pb.PushRequest) -> Transfer:
+    async def _attach(self, msg: PushMessage | pb.PushRequest) -> Transfer:
         """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout."""
         deadline = self.clock() + self.config.bootstrap_timeout
         while True:
@@ -186,7 +159,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
                                    f"receiver must Open it") from None
                 await self.notifier.wait(msg.transfer_id, timeout=left)
 
-    async def _write(self, transfer_id: str, start_token: int, rows: bytes) -> None:
+    async def _write(self, transfer_id: str, start_token: int, rows: bytes | memoryview) -> None:
         if len(rows) % self.row_bytes:
             raise InvalidArgument(f"rows is {len(rows)} bytes, not a multiple of row_bytes="
                                   f"{self.row_bytes}; send whole rows (see GetPoolInfo)")

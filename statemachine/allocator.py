@@ -22,7 +22,8 @@ class BlockAllocator:
         self.num_blocks = num_blocks
         # The top of the stack is the end of the list; block 0 is handed out first.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._used = bytearray(num_blocks)
+        # Set operations run in C: ownership checks cost little more than the slicing itself.
+        self._used: set[int] = set()
 
     @property
     def free_count(self) -> int:
@@ -30,33 +31,39 @@ class BlockAllocator:
 
     @property
     def used_count(self) -> int:
-        return self.num_blocks - len(self._free)
+        return len(self._used)
 
     def alloc(self, count: int) -> list[int] | None:
         """``count`` blocks, or None (nothing taken) when fewer are free."""
-        if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
-        if count > len(self._free):
-            return None
-        if count == 0:
-            return []
-        taken = self._free[-count:]
-        del self._free[-count:]
+        free = self._free
+        if count > len(free) or count <= 0:
+            if count < 0:
+                raise ValueError(f"count must be >= 0, got {count}")
+            return None if count else []
+        taken = free[-count:]
+        del free[-count:]
         taken.reverse()
-        used = self._used
-        for b in taken:
-            used[b] = 1
+        self._used.update(taken)
         return taken
 
     def free(self, blocks: list[int]) -> None:
         used = self._used
-        for b in blocks:
-            if not 0 <= b < self.num_blocks or not used[b]:
-                raise AllocatorError(f"block {b} is not allocated")
-        for b in blocks:
-            used[b] = 0
+        before = len(used)
+        used.difference_update(blocks)
+        if before - len(used) != len(blocks):  # a block not allocated, or named twice
+            self._undo_bad_free(blocks)
         # Reversed, so that alloc(len(blocks)) returns exactly ``blocks`` again.
-        self._free.extend(reversed(blocks))
+        self._free += blocks[::-1]
+
+    def _undo_bad_free(self, blocks: list[int]) -> None:
+        """Put back what the failed free removed (the allocated ones), then refuse it all."""
+        free = set(self._free)
+        named = set(blocks)
+        self._used.update(b for b in named if 0 <= b < self.num_blocks and b not in free)
+        bad = sorted(b for b in named if not 0 <= b < self.num_blocks or b in free)
+        if bad:
+            raise AllocatorError(f"blocks {bad} are not allocated")
+        raise AllocatorError(f"blocks {blocks} name a block twice")
 
     def is_used(self, block: int) -> bool:
-        return bool(self._used[block])
+        return block in self._used

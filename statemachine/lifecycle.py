@@ -28,7 +28,9 @@ from __future__ import annotations
 import enum
 from typing import Callable, NamedTuple
 
-from transitions import EventData, Machine
+import logging
+
+from transitions import EventData, Machine, MachineError
 
 
 class State(enum.Enum):
@@ -57,7 +59,7 @@ class Transfer:
         "window_start_token", "window_tokens", "blocks", "blocks_wanted", "resume_count",
         "last_resume_sent_tokens", "failure_reason", "outcome", "opened_at", "last_progress_at",
         "finished_at", "window_full_at", "version", "write_in_flight", "released",
-        "lease_renewed_at", "watchers",
+        "lease_renewed_at", "watchers", "shell_cache",
     )
 
     def __init__(self, transfer_id: str, open_window_tokens: int, blocks: list[int],
@@ -85,6 +87,9 @@ class Transfer:
         self.released = False
         self.lease_renewed_at = now  # the receiver's last call
         self.watchers = 0  # open Watch streams: each holds the lease
+        # The I/O shell's memo of what it derives from this transfer (keyed by ``version``);
+        # the core never reads it. It goes when the transfer does.
+        self.shell_cache: object = None
 
     @property
     def window_filled_tokens(self) -> int:
@@ -154,6 +159,9 @@ def _condition(guard: Guard) -> Callable[[EventData], bool]:
     return check
 
 
+# transitions logs every trigger at DEBUG/INFO: measurable per event, and noise in a server's logs.
+logging.getLogger("transitions").setLevel(logging.WARNING)
+
 MACHINE = Machine(
     model=None,
     states=State,
@@ -172,8 +180,12 @@ class IllegalTransition(Exception):
     """An event was fired from a state the table has no row for: a bug in the caller."""
 
 
+_EVENTS = {name: MACHINE.events[name] for name in {r.event for r in TRANSITIONS}}
+
+
 def fire(event: str, t: Transfer, **kwargs: int) -> bool:
     """Fire ``event`` on ``t``. False when a guard refused (nothing changed)."""
-    if not MACHINE.events[event].transitions.get(t.state.name):
-        raise IllegalTransition(f"{event!r} is not allowed from {t.state.name}")
-    return bool(MACHINE.events[event].trigger(t, **kwargs))
+    try:
+        return bool(_EVENTS[event].trigger(t, **kwargs))
+    except MachineError as e:  # no row for this event from t's state
+        raise IllegalTransition(f"{event!r} is not allowed from {t.state.name}") from e

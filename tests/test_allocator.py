@@ -53,3 +53,13 @@ def test_bad_sizes() -> None:
         BlockAllocator(0)
     with pytest.raises(ValueError):
         BlockAllocator(2).alloc(-1)
+
+
+def test_a_block_named_twice_is_refused_without_change() -> None:
+    a = BlockAllocator(4)
+    blocks = a.alloc(2)
+    with pytest.raises(AllocatorError, match="twice"):
+        a.free([blocks[0], blocks[0]])
+    assert a.is_used(blocks[0]) and a.is_used(blocks[1]) and a.free_count == 2
+    a.free(blocks)
+    assert a.free_count == 4

@@ -1,0 +1,55 @@
+"""python -m bench [--smoke] [--json PATH] [--only NAME ...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench import core_figures, grpc_figures
+from bench.report import Figure, table, to_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks it runs")
+    ap.add_argument("--json", default="", help="also write the figures here as JSON")
+    ap.add_argument("--only", nargs="*", default=[],
+                    choices=["control", "resume", "data", "core", "allocator", "growth"])
+    args = ap.parse_args(argv)
+    smoke = args.smoke
+    plan = {
+        "control": lambda: grpc_figures.control_plane(rounds=1 if smoke else 5,
+                                                      seconds=0.2 if smoke else 2.0),
+        "resume": lambda: grpc_figures.resume_path(rounds=1 if smoke else 5,
+                                                   windows=10 if smoke else 300),
+        "data": lambda: grpc_figures.data_plane(rounds=1 if smoke else 5,
+                                                window_tokens=256 if smoke else 8192,
+                                                windows=2 if smoke else 4,
+                                                block_tokens=64 if smoke else 256),
+        "core": lambda: core_figures.core_scale((100, 1000) if smoke else (1_000, 10_000, 100_000)),
+        "allocator": lambda: core_figures.allocator(rounds=1 if smoke else 5,
+                                                    ops=2_000 if smoke else 200_000),
+        "growth": lambda: grpc_figures.cost_growth(window_tokens=64 if smoke else 256,
+                                                   window_counts=(1, 4) if smoke else (1, 10, 100),
+                                                   live_counts=(5, 20) if smoke else (10, 100, 1000)),
+    }
+    figures: list[Figure] = []
+    for name, run in plan.items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.perf_counter()
+        figures += run()
+        print(f"[{name}: {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
+    print(table(figures))
+    for f in figures:
+        if f.note:
+            print(f"  {f.name}: {f.note}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(to_json(figures) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The two servers a benchmark compares: kvferry and the bare grpc.aio baseline."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from typing import Any, Iterator
+
+from kvferry.server.launcher import ServerProcess, launch
+
+
+@contextlib.contextmanager
+def kvferry_server(**flags: Any) -> Iterator[ServerProcess]:
+    flags.setdefault("default_window_tokens",
+                     flags.get("num_blocks", 256) * flags.get("block_tokens", 256) // 2)
+    srv = launch({"bootstrap_timeout": 60, "stall_timeout": 120, "lease_timeout": 120,
+                  "retention": 600, "shutdown_grace": 0.5, **flags})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@contextlib.contextmanager
+def echo_server(row_bytes: int, buffer_bytes: int) -> Iterator[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(row_bytes),
+                             str(buffer_bytes)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["grpc_port"]
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
