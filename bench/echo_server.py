@@ -1,6 +1,6 @@
 """The baseline: a bare grpc.aio server, no interceptors, no kvferry, same message sizes.
 
-    python -m bench.echo_server ROW_BYTES BUFFER_BYTES
+    python -m bench.echo_server ROW_BYTES BUFFER_BYTES [--cuda]
 
 Methods:
   /echo.Echo/Unary       decode a PollRequest, answer a TransferStatus of the same fields and size
@@ -8,6 +8,8 @@ Methods:
   /echo.Echo/RawUnary    bytes in, a fixed reply out: gRPC alone, no codec
   /echo.Echo/Sink        client stream: copy each message into a preallocated buffer
   /echo.Echo/Source      server stream: send the preallocated buffer in 4 MiB messages
+  /echo.Echo/SinkCuda    (--cuda) client stream: each message through a pinned buffer into GPU
+                         memory, synchronously
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from kvferry.v1 import transfer_pb2 as pb
 READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
 
 
-async def main(row_bytes: int, buffer_bytes: int) -> None:
+async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
     buffer = np.empty(buffer_bytes, dtype=np.uint8)
     chunk = (READ_MESSAGE_BUDGET // row_bytes) * row_bytes
     raw_reply = bytes(48)
@@ -50,6 +52,27 @@ async def main(row_bytes: int, buffer_bytes: int) -> None:
         for off in range(0, size, chunk):
             yield bytes(memoryview(buffer)[off:min(off + chunk, size)])
 
+    device_buffer = None
+    if cuda:
+        import torch
+
+        pinned = torch.empty(READ_MESSAGE_BUDGET + row_bytes, dtype=torch.uint8, pin_memory=True)
+        device_buffer = torch.empty(buffer_bytes, dtype=torch.uint8, device="cuda:0")
+        stream = torch.cuda.Stream()
+
+    async def sink_cuda(requests, context):  # type: ignore[no-untyped-def]
+        """gRPC streaming + pinned host-to-device copy of each message: the CUDA baseline."""
+        offset = 0
+        async for msg in requests:
+            n = len(msg)
+            pinned.numpy()[:n] = np.frombuffer(msg, dtype=np.uint8)
+            end = min(offset + n, buffer_bytes)
+            with torch.cuda.stream(stream):
+                device_buffer[offset:end].copy_(pinned[:end - offset], non_blocking=True)
+            stream.synchronize()
+            offset = end % buffer_bytes
+        return raw_reply
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=pb.PollRequest.FromString,
@@ -58,6 +81,8 @@ async def main(row_bytes: int, buffer_bytes: int) -> None:
         "Sink": grpc.stream_unary_rpc_method_handler(sink),
         "Source": grpc.unary_stream_rpc_method_handler(source),
     }
+    if cuda:
+        handlers["SinkCuda"] = grpc.stream_unary_rpc_method_handler(sink_cuda)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),
                                       ("grpc.server.max_pending_requests", 16384)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("echo.Echo", handlers)])
@@ -71,4 +96,4 @@ async def main(row_bytes: int, buffer_bytes: int) -> None:
 if __name__ == "__main__":
     from kvferry.server.app import run_loop  # the same event loop as the kvferry server
 
-    run_loop(main(int(sys.argv[1]), int(sys.argv[2])))
+    run_loop(main(int(sys.argv[1]), int(sys.argv[2]), "--cuda" in sys.argv[3:]))

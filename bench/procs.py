@@ -24,9 +24,10 @@ def kvferry_server(**flags: Any) -> Iterator[ServerProcess]:
 
 
 @contextlib.contextmanager
-def echo_server(row_bytes: int, buffer_bytes: int) -> Iterator[str]:
+def echo_server(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(row_bytes),
-                             str(buffer_bytes)], stdout=subprocess.PIPE, text=True)
+                             str(buffer_bytes), *(["--cuda"] if cuda else [])],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         port = json.loads(proc.stdout.readline())["grpc_port"]

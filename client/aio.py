@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 import grpc
 import numpy as np
@@ -14,6 +14,9 @@ import numpy as np
 from kvferry.client.rows import as_row_bytes
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from kvferry.client.cuda_ipc import MappedPool
 
 # Stay inside gRPC's default 4 MiB message limit, whatever the server accepts.
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024 - 1024
@@ -106,6 +109,16 @@ class AsyncClient:
 
     async def release(self, transfer_id: str) -> pb.ReleaseResponse:
         return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id), metadata=self._md)
+
+    async def export_pool(self) -> pb.ExportPoolResponse:
+        return await self.stub.ExportPool(pb.ExportPoolRequest(), metadata=self._md)
+
+    async def map_pool(self) -> "MappedPool":
+        """The server's CUDA pool mapped into this process (same host only): see
+        ``kvferry.client.cuda_ipc`` for the rules. Needs torch with CUDA."""
+        from kvferry.client.cuda_ipc import MappedPool
+
+        return MappedPool(await self.export_pool())
 
     # -- sender --------------------------------------------------------------------------------
 

@@ -55,6 +55,15 @@ class Client:
     def release(self, transfer_id: str) -> pb.ReleaseResponse:
         return self._run(self._aio.release(transfer_id))
 
+    def export_pool(self) -> pb.ExportPoolResponse:
+        return self._run(self._aio.export_pool())
+
+    def map_pool(self) -> Any:
+        """See ``AsyncClient.map_pool``."""
+        from kvferry.client.cuda_ipc import MappedPool
+
+        return MappedPool(self.export_pool())
+
     def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
              metadata: bytes = b"", start_token: int = 0, **kwargs: Any) -> pb.TransferStatus:
         return self._run(self._aio.send(transfer_id, rows, total_tokens, metadata, start_token,

@@ -10,10 +10,11 @@ from typing import Any, AsyncIterator, Iterator
 
 from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
 from kvferry.server.notifier import ChangeNotifier
-from kvferry.server.pool import BlockPool
+from kvferry.server.pool import BlockPool, Landing, PoolUnavailable
 from kvferry.server.wire import PushMessage, decode_push, encode_read_response
 from kvferry.statemachine import (
-    Aborted, Coordinator, InvalidArgument, NotFound, Outcome, ResourceExhausted, Transfer,
+    Aborted, Coordinator, FailedPrecondition, InvalidArgument, NotFound, Outcome,
+    ResourceExhausted, Transfer,
 )
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -95,6 +96,12 @@ class TransferService(pb_grpc.TransferServiceServicer):
         t, freed = self.coord.release(request.transfer_id)
         return pb.ReleaseResponse(status=status_of(t), freed_blocks=freed)
 
+    async def ExportPool(self, request: pb.ExportPoolRequest, context: Any) -> pb.ExportPoolResponse:
+        try:
+            return pb.ExportPoolResponse(**self.pool.export())
+        except PoolUnavailable as e:
+            raise FailedPrecondition(str(e)) from None
+
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[bytes]:
         t = self.coord.get(request.transfer_id)
         with self._stream_slot():
@@ -117,13 +124,17 @@ class TransferService(pb_grpc.TransferServiceServicer):
         token = start
         with self._stream_slot():
             for chunk in _chunks(segments, self.read_rows):
-                # Each chunk is copied with no await in between, and only while the window is
-                # still the one we planned: a Resume or Abort mid-stream must not leak others' rows.
-                if t.blocks is not blocks or t.window_start_token != start:
-                    raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while "
-                                  f"being read; read the whole window before resuming")
-                views, count = self.pool.views(chunk)
-                yield encode_read_response(token, views, count * self.row_bytes)
+                # Each chunk is copied only while the window is still the one planned (checked
+                # right before the copy, with no await in between): a Resume or Abort mid-stream
+                # must not leak another transfer's rows.
+                def unchanged() -> None:
+                    if t.blocks is not blocks or t.window_start_token != start:
+                        raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed "
+                                      f"while being read; read the whole window before resuming")
+
+                async with self.pool.views(chunk, unchanged) as (views, count):
+                    data = encode_read_response(token, views, count * self.row_bytes)
+                yield data
                 token += count
 
     async def Push(self, request_iterator: AsyncIterator[PushMessage | pb.PushRequest],
@@ -169,14 +180,15 @@ class TransferService(pb_grpc.TransferServiceServicer):
             ticket = self.coord.begin_write(transfer_id, start_token + done, n - done)
             done += ticket.skip
             if ticket.count:
+                landing = Landing()
                 try:
-                    self.pool.write(ticket.segments, rows, done)
-                except BaseException as e:
+                    await self.pool.write(ticket.segments, rows, done, landing)
+                except Exception as e:
                     self.coord.fail(ticket.transfer, Outcome.ERROR,
                                     f"error: copying rows into the pool failed: {e!r}", self.clock())
                     raise
-                finally:
-                    self.coord.end_write(ticket, self.clock())
+                finally:  # also on cancellation: rows count only if their copy landed
+                    self.coord.end_write(ticket, self.clock(), landing.landed)
                 done += ticket.count
             if done == n:
                 return

@@ -303,8 +303,9 @@ class Coordinator:
             t.write_in_flight = True
         return WriteTicket(t, skip, count, segments)
 
-    def end_write(self, ticket: WriteTicket, now: float) -> Transfer:
-        """The rows of ``ticket`` are in the pool: count them delivered."""
+    def end_write(self, ticket: WriteTicket, now: float, landed: bool = True) -> Transfer:
+        """The copy of ``ticket`` is over: count its rows delivered if they ``landed`` in the
+        pool (False: the copy never happened, e.g. the stream was cancelled first)."""
         t = ticket.transfer
         if not ticket.count:
             return t
@@ -312,6 +313,9 @@ class Coordinator:
         if t.state is State.FAILED:  # failed mid-copy: its blocks were kept until now
             self._free_window(t)
             self._serve_waiting()
+            return t
+        if not landed:
+            self._changed(t)  # another Push waiting for this write's end goes on
             return t
         t.sent_tokens += ticket.count
         t.last_progress_at = now

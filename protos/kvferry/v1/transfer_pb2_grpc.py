@@ -79,6 +79,11 @@ class TransferServiceStub:
                 request_serializer=kvferry_dot_v1_dot_transfer__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=kvferry_dot_v1_dot_transfer__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.ExportPool = channel.unary_unary(
+                '/kvferry.v1.TransferService/ExportPool',
+                request_serializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -148,6 +153,14 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportPool(self, request, context):
+        """Same-host zero-copy: what a client needs to map a CUDA pool through CUDA IPC (see
+        kvferry.client.cuda_ipc). FAILED_PRECONDITION for a CPU pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +208,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=kvferry_dot_v1_dot_transfer__pb2.ReleaseRequest.FromString,
                     response_serializer=kvferry_dot_v1_dot_transfer__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'ExportPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPool,
+                    request_deserializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +458,33 @@ class TransferService:
             '/kvferry.v1.TransferService/Release',
             kvferry_dot_v1_dot_transfer__pb2.ReleaseRequest.SerializeToString,
             kvferry_dot_v1_dot_transfer__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.TransferService/ExportPool',
+            kvferry_dot_v1_dot_transfer__pb2.ExportPoolRequest.SerializeToString,
+            kvferry_dot_v1_dot_transfer__pb2.ExportPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,242 @@
+"""GPU figures, each beside its baseline in the same run (on the device machine):
+
+    python -m bench.gpu [--json FILE] [--smoke]
+
+1. Push into a cuda:0 pool vs raw gRPC streaming + pinned host-to-device copy of the same bytes.
+2. IPC window read (map the pool, take the window, copy it out) vs a device-to-device copy of the
+   same bytes; and the view alone (no copy).
+3. kvferry's staged pinned H2D rate (4 MiB messages) vs the card's measured ceiling (one large
+   pinned copy), and pageable H2D for reference.
+Times: CUDA events around device work, host clocks around gRPC calls; warm-up first; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import numpy as np
+import torch
+
+from bench.grpc_figures import CHUNK, OPTS, SVC
+from bench.procs import echo_server, kvferry_server
+from bench.report import Figure, ratio_target, table, to_json
+from kvferry.v1 import transfer_pb2 as pb
+
+
+def events_ms(fn, repeat: int, warmup: int = 3) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def copy_ceilings(mib: int, repeat: int) -> list[Figure]:
+    n = mib * 2**20
+    pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    pinned.random_(0, 255)
+    pageable = torch.empty(n, dtype=torch.uint8)
+    pageable.random_(0, 255)
+    dev = torch.empty(n, dtype=torch.uint8, device="cuda:0")
+    ceiling = n / events_ms(lambda: dev.copy_(pinned, non_blocking=True), repeat) / 1e6
+    pageable_rate = n / events_ms(lambda: dev.copy_(pageable), repeat) / 1e6
+    # kvferry's path: 4 MiB messages staged through a reused pinned buffer, then copied.
+    msg = (CHUNK // 8192) * 8192
+    staging = torch.empty(msg, dtype=torch.uint8, pin_memory=True)
+    src = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8)
+    stream = torch.cuda.Stream()
+
+    def staged() -> None:
+        for off in range(0, n - msg + 1, msg):
+            staging.numpy()[:] = src[off:off + msg]
+            with torch.cuda.stream(stream):
+                dev[off:off + msg].copy_(staging, non_blocking=True)
+            stream.synchronize()
+
+    t0 = time.perf_counter()
+    staged()
+    staged_rate = (n // msg * msg) / (time.perf_counter() - t0) / 1e9
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        staged()
+        ts.append(time.perf_counter() - t0)
+    staged_rate = (n // msg * msg) / statistics.median(ts) / 1e9
+    return [
+        Figure(f"pinned H2D, one {mib} MiB copy (the card's ceiling)", "GB/s", ceiling, None,
+               "report", True),
+        Figure(f"pageable H2D, one {mib} MiB copy", "GB/s", pageable_rate, None, "report", True),
+        Figure("kvferry's staged H2D: 4 MiB messages through a pinned buffer", "GB/s",
+               staged_rate, ceiling, "report", True,
+               "host memcpy into the pinned buffer, then the copy, one message at a time; "
+               "baseline: the ceiling above"),
+    ]
+
+
+def push_into_cuda_pool(rounds: int, window_tokens: int, windows: int, row: int = 8192,
+                        block_tokens: int = 256) -> list[Figure]:
+    total = window_tokens * windows
+    nbytes = total * row
+    payload = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    step = (CHUNK // row) * row
+    window_bytes = window_tokens * row
+    ours, base = [], []
+    with kvferry_server(device="cuda:0", num_blocks=2 * window_tokens // block_tokens,
+                        block_tokens=block_tokens, row_bytes=row,
+                        default_window_tokens=window_tokens) as srv, \
+            echo_server(row, window_bytes, cuda=True) as echo:
+        async def once_ours(tag: int) -> float:
+            tid = f"gpu-push-{tag}"
+            msgs = [pb.PushRequest(transfer_id=tid, total_tokens=total, start_token=o // row,
+                                   rows=payload[o:o + step]).SerializeToString()
+                    for o in range(0, nbytes, step)]
+            async with grpc.aio.insecure_channel(srv.target, options=OPTS) as ch:
+                await ch.unary_unary(SVC + "Open")(pb.OpenRequest(transfer_id=tid).SerializeToString())
+                watch = ch.unary_stream(SVC + "Watch", response_deserializer=pb.TransferStatus.FromString)
+                resume = ch.unary_unary(SVC + "Resume")
+
+                async def receiver() -> None:
+                    async for st in watch(pb.WatchRequest(transfer_id=tid).SerializeToString()):
+                        if st.state == pb.TRANSFER_STATE_SUCCESS:
+                            return
+                        if (st.window_filled_tokens == st.window_tokens
+                                and st.state == pb.TRANSFER_STATE_TRANSFERRING):
+                            await resume(pb.ResumeRequest(transfer_id=tid,
+                                                          sent_tokens=st.sent_tokens).SerializeToString())
+
+                rx = asyncio.ensure_future(receiver())
+                t0 = time.perf_counter()
+                await ch.stream_unary(SVC + "Push")(iter(msgs))
+                elapsed = time.perf_counter() - t0
+                await rx
+                await ch.unary_unary(SVC + "Release")(pb.ReleaseRequest(transfer_id=tid).SerializeToString())
+            return nbytes / elapsed / 1e9
+
+        async def once_base() -> float:
+            chunks = [payload[o:o + step] for o in range(0, nbytes, step)]
+            async with grpc.aio.insecure_channel(echo, options=OPTS) as ch:
+                sink = ch.stream_unary("/echo.Echo/SinkCuda")
+                await sink(iter([b"x" * row]))
+                t0 = time.perf_counter()
+                await sink(iter(chunks))
+                return nbytes / (time.perf_counter() - t0) / 1e9
+
+        asyncio.run(once_ours(-1))  # warm-up: CUDA context, pinned buffers, connections
+        for i in range(rounds):
+            ours.append(asyncio.run(once_ours(i)))
+            base.append(asyncio.run(once_base()))
+    return [ratio_target(f"Push into cuda:0 pool ({nbytes / 2**20:.0f} MiB, {windows} windows)",
+                         "GB/s", statistics.median(ours), statistics.median(base), ">=", 0.8,
+                         "baseline: gRPC streaming + pinned H2D copy per message")]
+
+
+IPC_READER = textwrap.dedent("""
+    import asyncio, json, statistics, sys
+    import torch
+    from kvferry.client import AsyncClient
+
+    def events_ms(fn, repeat):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        out = []
+        for _ in range(repeat):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(); fn(); b.record(); b.synchronize()
+            out.append(a.elapsed_time(b))
+        return statistics.median(out)
+
+    async def main(target, tid, repeat):
+        async with AsyncClient(target) as c:
+            pool = await c.map_pool()
+            st = await c.poll(tid)
+            nbytes = st.window_filled_tokens * pool.row_bytes
+            ipc = events_ms(lambda: pool.window_tensor(st).clone(), repeat)
+            view = events_ms(lambda: pool.window_tensor(st), repeat)
+            src = torch.empty(nbytes, dtype=torch.uint8, device=pool.tensor.device)
+            d2d = events_ms(lambda: src.clone(), repeat)
+            print(json.dumps({"bytes": nbytes, "ipc_ms": ipc, "view_ms": view, "d2d_ms": d2d,
+                              "blocks": list(st.block_indices)}))
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+""")
+
+
+def ipc_read(window_tokens: int, repeat: int, row: int = 8192, block_tokens: int = 256) -> list[Figure]:
+    with kvferry_server(device="cuda:0", num_blocks=2 * window_tokens // block_tokens,
+                        block_tokens=block_tokens, row_bytes=row,
+                        default_window_tokens=window_tokens) as srv:
+        data = np.random.default_rng(2).integers(0, 256, (window_tokens, row), dtype=np.uint8)
+
+        async def fill() -> None:
+            from kvferry.client import AsyncClient
+
+            async with AsyncClient(srv.target) as c:
+                await c.stub.Open(pb.OpenRequest(transfer_id="gpu-ipc"))
+                await c.send("gpu-ipc", data)
+
+        asyncio.run(fill())
+        r = subprocess.run([sys.executable, "-c", IPC_READER, srv.target, "gpu-ipc", str(repeat)],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            raise RuntimeError(r.stderr)
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+    gb = got["bytes"] / 1e9
+    return [
+        ratio_target(f"IPC window read + copy-out ({got['bytes'] / 2**20:.0f} MiB)", "GB/s",
+                     gb / (got["ipc_ms"] / 1e3), gb / (got["d2d_ms"] / 1e3), ">=", 0.8,
+                     "baseline: device-to-device copy of the same bytes"),
+        Figure("IPC window as a view (no copy)", "ms", got["view_ms"], None, "report", True,
+               f"window blocks {got['blocks'][:4]}...: consecutive, so a view"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    s = args.smoke
+    props = torch.cuda.get_device_properties(0)
+    card = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
+    print(f"card: {card}", flush=True)
+    figures: list[Figure] = []
+    for name, run in (
+        ("ceilings", lambda: copy_ceilings(64 if s else 1024, 5 if s else 20)),
+        ("push", lambda: push_into_cuda_pool(1 if s else 5, 1024 if s else 8192, 2 if s else 4)),
+        ("ipc", lambda: ipc_read(1024 if s else 8192, 5 if s else 50)),
+    ):
+        t0 = time.perf_counter()
+        try:
+            figures += run()
+        except Exception as e:  # keep the other figures: a device run is precious
+            print(f"[{name}: FAILED: {e!r}]", file=sys.stderr, flush=True)
+            continue
+        print(f"[{name}: {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
+    print(table(figures))
+    for f in figures:
+        if f.note:
+            print(f"  {f.name}: {f.note}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(json.dumps({"card": card, "figures": json.loads(to_json(figures))}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
