@@ -52,8 +52,8 @@ def decode_push(raw: bytes) -> PushMessage | pb.PushRequest:
     while i < n:
         key, i = _varint(raw, i)
         field, wire = key >> 3, key & 7
-        if field == 0:
-            raise DecodeError("Field number 0 is illegal")
+        if field == 0 or key > 0xFFFFFFFF or field > 0x1FFFFFFF:
+            raise DecodeError(f"Field number {field} is out of range")
         if wire == 0:
             value, i = _varint(raw, i)
             if field == 2:

@@ -32,7 +32,7 @@ def test_decode_push_matches_protobuf(tid: str, total: int, meta: bytes, start: 
     assert as_tuple(decode_push(raw)) == as_tuple(pb.PushRequest.FromString(raw))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(prefix=st.binary(max_size=20), junk=st.binary(max_size=40), cut=st.integers(0, 30))
 def test_decode_push_refuses_exactly_what_protobuf_refuses(prefix: bytes, junk: bytes, cut: int) -> None:
     body = pb.PushRequest(transfer_id="t", rows=bytes(FAST_PATH_BYTES)).SerializeToString()
