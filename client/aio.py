@@ -110,6 +110,22 @@ class AsyncClient:
     async def release(self, transfer_id: str) -> pb.ReleaseResponse:
         return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id), metadata=self._md)
 
+    async def stats(self) -> pb.StatsResponse:
+        return await self.stub.Stats(pb.StatsRequest(), metadata=self._md)
+
+    async def list_transfers(self, states: Sequence[int] = (), page_size: int = 100,
+                             limit: int | None = None) -> list[pb.TransferSummary]:
+        """Held transfers, oldest first, following pages up to ``limit``."""
+        out: list[pb.TransferSummary] = []
+        token = ""
+        while True:
+            page = await self.stub.List(pb.ListRequest(page_size=page_size, page_token=token,
+                                                       states=list(states)), metadata=self._md)
+            out.extend(page.transfers)
+            token = page.next_page_token
+            if not token or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
+
     async def export_pool(self) -> pb.ExportPoolResponse:
         return await self.stub.ExportPool(pb.ExportPoolRequest(), metadata=self._md)
 

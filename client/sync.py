@@ -55,6 +55,13 @@ class Client:
     def release(self, transfer_id: str) -> pb.ReleaseResponse:
         return self._run(self._aio.release(transfer_id))
 
+    def stats(self) -> pb.StatsResponse:
+        return self._run(self._aio.stats())
+
+    def list_transfers(self, states: Any = (), page_size: int = 100,
+                       limit: int | None = None) -> list[pb.TransferSummary]:
+        return self._run(self._aio.list_transfers(states, page_size, limit))
+
     def export_pool(self) -> pb.ExportPoolResponse:
         return self._run(self._aio.export_pool())
 

@@ -23,7 +23,7 @@ from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.pipeline import Pipeline
 from kvferry.server.listener import ShellListener
-from kvferry.server.metrics import CoordinatorCollector, TransferMetrics
+from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pool import BlockPool
 from kvferry.server.service import TransferService
@@ -88,10 +88,8 @@ async def start(config: ServerConfig) -> Server:
     pool = BlockPool(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
                      config.max_message_bytes)
     registry = CollectorRegistry()
-    metrics = TransferMetrics(registry)
-    metrics.row_bytes = config.row_bytes
     notifier = ChangeNotifier()
-    coord = Coordinator(config.limits(), ShellListener(notifier, metrics))
+    coord = Coordinator(config.limits(), ShellListener(notifier, TransferHistograms(registry)))
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 
     token = config.read_auth_token()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kvferry.server import config as config_mod
@@ -21,6 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "its variable.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     config_mod.add_arguments(serve)
+    for name, help_ in (("status", "print pool usage, transfers by state and the oldest live "
+                                   "transfers of a running server"),
+                        ("top", "the same as status, refreshed live")):
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        p.add_argument("--target", default=os.environ.get("KVFERRY_TARGET", "127.0.0.1:50051"),
+                       help="host:port of the server (default: %(default)s; env KVFERRY_TARGET)")
+        p.add_argument("--token-file", default=os.environ.get("KVFERRY_TOKEN_FILE", ""),
+                       help="file holding the server's bearer token (env KVFERRY_TOKEN_FILE)")
+        p.add_argument("--tls-ca", default="", help="PEM CA bundle: connect over TLS")
+        p.add_argument("--tls-cert", default="", help="PEM client certificate (mTLS)")
+        p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
+        p.add_argument("--oldest", type=int, default=10 if name == "status" else 20,
+                       help="how many of the oldest live transfers to list (default: %(default)s)")
+        if name == "top":
+            p.add_argument("--interval", type=float, default=1.0,
+                           help="seconds between refreshes (default: %(default)s)")
+            p.add_argument("--iterations", type=int, default=0,
+                           help="stop after this many refreshes (default: 0, until Ctrl-C)")
     diagram = sub.add_parser(
         "diagram", help="print the transfer state machine as Mermaid",
         description="Print the state machine, generated from the core's transition table.")
@@ -44,9 +63,39 @@ def main(argv: list[str] | None = None) -> int:
         except (PoolUnavailable, OSError, ValueError) as e:
             print(f"kvferry: {e}", file=sys.stderr)
             return 2
+    if args.command in ("status", "top"):
+        return _console(args)
     if args.command == "diagram":
         from kvferry.statemachine import diagram as diagram_mod
         print(diagram_mod.state_machine_doc() if args.doc else diagram_mod.mermaid(), end="")
+    return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    import grpc
+
+    from kvferry.client import Client
+    from kvferry.client import console
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    token = (read(args.token_file) or b"").decode().strip() or None
+    creds = None
+    if args.tls_ca or args.tls_cert:
+        creds = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
+    try:
+        with Client(args.target, token=token, credentials=creds) as client:
+            if args.command == "status":
+                console.status(client, args.target, args.oldest)
+            else:
+                console.top(client, args.target, args.interval, args.iterations, args.oldest)
+    except grpc.RpcError as e:
+        print(f"kvferry {args.command}: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
     return 0
 
 

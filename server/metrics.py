@@ -1,12 +1,18 @@
-"""Prometheus metrics of the transfer path. Label values are bounded: never a transfer id."""
+"""Prometheus metrics of the transfer path. Label values are bounded: never a transfer id.
+
+Counts live in the core (``Coordinator.totals``) and gauges are read from it at scrape time, so
+the Stats RPC and /metrics can never disagree; only the histograms are observed as events happen.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kvferry.statemachine import Coordinator, Listener, Outcome, State, Transfer
+from kvferry.statemachine import Coordinator, Listener, State, Transfer
 
 # *_created series double the scrape for no dashboard's benefit.
 disable_created_metrics()
@@ -15,65 +21,27 @@ _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
-class TransferMetrics(Listener):
-    """Counts what the coordinator reports; gauges are read from it at scrape time."""
+class TransferHistograms(Listener):
+    """The two distributions, observed when the core reports the events."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.resumes_total = Counter("kvferry_resumes", "Resumes applied: a window was read and the "
-                               "next one given to the sender.", registry=registry)
-        self.duplicates_total = Counter(
-            "kvferry_resume_duplicates_skipped",
-            "Resumes skipped because their sent_tokens was already applied (reason=repeat: equal "
-            "to the last applied; stale: older). Retries and extra tensor-parallel ranks.",
-            ["reason"], registry=registry)
-        self.started_total = Counter("kvferry_transfers_started", "Transfers opened.", registry=registry)
-        self.finished_total = Counter("kvferry_transfers_finished",
-                                "Transfers that reached a terminal state, by outcome.",
-                                ["outcome"], registry=registry)
-        self.released_total = Counter("kvferry_transfers_released",
-                                "Transfers released (by=client: Release; retention: timed out "
-                                "unreleased).", ["by"], registry=registry)
-        self.tokens_total = Counter("kvferry_tokens_received", "Rows (tokens) written into the pool.",
-                              registry=registry)
-        self.bytes_total = Counter("kvferry_bytes_received", "Row bytes written into the pool.",
-                             registry=registry)
         self.duration = Histogram("kvferry_transfer_duration_seconds",
                                   "Open to terminal state.", buckets=_DURATION_BUCKETS,
                                   registry=registry)
         self.window_wait = Histogram("kvferry_window_wait_seconds",
                                      "Window full to resume applied: how long receivers make "
                                      "senders wait.", buckets=_WAIT_BUCKETS, registry=registry)
-        # Children bound once: no label lookup on the hot path, and every series exists from start.
-        self._dup = {r: self.duplicates_total.labels(r) for r in ("repeat", "stale")}
-        self._finished = {o: self.finished_total.labels(o) for o in Outcome.ALL}
-        self._released = {b: self.released_total.labels(b) for b in ("client", "retention")}
-        self.row_bytes = 0
-
-    def opened(self, t: Transfer) -> None:
-        self.started_total.inc()
-
-    def delivered(self, t: Transfer, tokens: int) -> None:
-        self.tokens_total.inc(tokens)
-        self.bytes_total.inc(tokens * self.row_bytes)
 
     def resume_applied(self, t: Transfer, window_wait: float | None) -> None:
-        self.resumes_total.inc()
         if window_wait is not None:
             self.window_wait.observe(window_wait)
 
-    def resume_duplicate(self, t: Transfer, reason: str) -> None:
-        self._dup[reason].inc()
-
     def finished(self, t: Transfer) -> None:
-        self._finished[t.outcome].inc()
         self.duration.observe(max(0.0, t.finished_at - t.opened_at))
-
-    def released(self, t: Transfer, by: str) -> None:
-        self._released[by].inc()
 
 
 class CoordinatorCollector(Collector):
-    """Gauges read at scrape time from counters the coordinator keeps current (no walk over
+    """Counters and gauges read at scrape time from ints the core keeps current (no walk over
     transfers). Runs on the HTTP thread: it reads ints only."""
 
     def __init__(self, coord: Coordinator, device: str, row_bytes: int) -> None:
@@ -81,8 +49,36 @@ class CoordinatorCollector(Collector):
         self._device = device
         self._row_bytes = row_bytes
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        c = self._coord
+    def collect(self) -> Iterator[Metric]:
+        c, totals = self._coord, self._coord.totals
+        yield CounterMetricFamily("kvferry_resumes", "Resumes applied: a window was read and "
+                                  "the next one given to the sender.", value=totals.resumes_applied)
+        dups = CounterMetricFamily(
+            "kvferry_resume_duplicates_skipped",
+            "Resumes skipped because their sent_tokens was already applied (reason=repeat: equal "
+            "to the last applied; stale: older). Retries and extra tensor-parallel ranks.",
+            labels=["reason"])
+        for reason, n in list(totals.duplicates.items()):
+            dups.add_metric([reason], n)
+        yield dups
+        yield CounterMetricFamily("kvferry_transfers_started", "Transfers opened.",
+                                  value=totals.started)
+        finished = CounterMetricFamily("kvferry_transfers_finished", "Transfers that reached a "
+                                       "terminal state, by outcome.", labels=["outcome"])
+        for outcome, n in list(totals.finished.items()):
+            finished.add_metric([outcome], n)
+        yield finished
+        released = CounterMetricFamily("kvferry_transfers_released", "Transfers released "
+                                       "(by=client: Release; retention: timed out unreleased).",
+                                       labels=["by"])
+        for by, n in list(totals.released.items()):
+            released.add_metric([by], n)
+        yield released
+        tokens = totals.tokens_received
+        yield CounterMetricFamily("kvferry_tokens_received", "Rows (tokens) written into the "
+                                  "pool.", value=tokens)
+        yield CounterMetricFamily("kvferry_bytes_received", "Row bytes written into the pool.",
+                                  value=tokens * self._row_bytes)
         by_state = GaugeMetricFamily("kvferry_transfers",
                                      "Held (not yet released) transfers, by state.", labels=["state"])
         for s in State:

@@ -14,8 +14,10 @@ from kvferry.server.pool import BlockPool, Landing, PoolUnavailable
 from kvferry.server.wire import PushMessage, decode_push, encode_read_response
 from kvferry.statemachine import (
     Aborted, Coordinator, FailedPrecondition, InvalidArgument, NotFound, Outcome,
-    ResourceExhausted, Transfer,
+    ResourceExhausted, State, Transfer,
 )
+
+_STATE_VALUES = {s.value for s in State}
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
@@ -55,6 +57,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         self.row_bytes = config.row_bytes
         self.read_rows = max(1, READ_MESSAGE_BUDGET // config.row_bytes)
         self.clock = time.monotonic
+        self.started_at = self.clock()
         self.streams = 0
 
     @contextlib.contextmanager
@@ -70,6 +73,47 @@ class TransferService(pb_grpc.TransferServiceServicer):
             self.streams -= 1
 
     async def GetPoolInfo(self, request: pb.GetPoolInfoRequest, context: Any) -> pb.PoolInfo:
+        return self._pool_info()
+
+    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+        c, totals = self.coord, self.coord.totals
+        return pb.StatsResponse(
+            pool=self._pool_info(),
+            transfers=[pb.StateCount(state=s.value, count=n) for s, n in c.state_counts.items()],
+            resumes_waiting=c.resumes_waiting, resumes_applied=totals.resumes_applied,
+            resume_duplicates=sum(totals.duplicates.values()),
+            transfers_started=totals.started, tokens_received=totals.tokens_received,
+            uptime_seconds=self.clock() - self.started_at, draining=c.draining)
+
+    async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
+        size = request.page_size or 100
+        if size > 1000:
+            raise InvalidArgument(f"page_size={size}: at most 1000")
+        try:
+            after = int(request.page_token) if request.page_token else -1
+        except ValueError:
+            raise InvalidArgument("page_token is not one this server gave; start with an "
+                                  "empty page_token") from None
+        states = {State(v) for v in request.states if v in _STATE_VALUES}
+        if len(states) != len(request.states):
+            raise InvalidArgument(f"states {list(request.states)}: name real states, not "
+                                  f"UNSPECIFIED")
+        now = self.clock()
+        out: list[pb.TransferSummary] = []
+        # Held transfers iterate in opening order (dicts keep insertion order): oldest first.
+        last_seq = after
+        for t in self.coord.transfers.values():
+            if t.seq <= after or (states and t.state not in states):
+                continue
+            if len(out) == size:
+                return pb.ListResponse(transfers=out, next_page_token=str(last_seq))
+            out.append(pb.TransferSummary(status=status_of(t), age_seconds=now - t.opened_at,
+                                          idle_seconds=now - t.last_progress_at,
+                                          outcome=t.outcome))
+            last_seq = t.seq
+        return pb.ListResponse(transfers=out)
+
+    def _pool_info(self) -> pb.PoolInfo:
         c = self.coord
         return pb.PoolInfo(
             block_tokens=c.limits.block_tokens, num_blocks=c.limits.num_blocks,

@@ -5,7 +5,8 @@ No grpc, asyncio or torch here: the server drives it, tests drive it in microsec
 
 from kvferry.statemachine.allocator import AllocatorError, BlockAllocator
 from kvferry.statemachine.coordinator import (
-    MAX_ID_BYTES, Coordinator, Limits, Listener, Outcome, ResumeResult, Segment, WriteTicket,
+    MAX_ID_BYTES, Coordinator, Limits, Listener, Outcome, ResumeResult, Segment, Totals,
+    WriteTicket,
 )
 from kvferry.statemachine.errors import (
     Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
@@ -19,6 +20,6 @@ __all__ = [
     "Aborted", "AllocatorError", "AlreadyExists", "BlockAllocator", "Coordinator",
     "FailedPrecondition", "IllegalTransition", "InvalidArgument", "LIVE", "Limits", "Listener",
     "MAX_ID_BYTES", "NotFound", "OutOfRange", "Outcome", "ResourceExhausted", "ResumeResult",
-    "Rule", "Segment", "State", "TERMINAL", "TRANSITIONS", "Transfer", "TransferError",
+    "Rule", "Segment", "State", "TERMINAL", "TRANSITIONS", "Totals", "Transfer", "TransferError",
     "Unavailable", "WriteTicket", "fire",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvferry.statemachine.allocator import BlockAllocator
@@ -67,6 +67,18 @@ class Limits:
         return self.num_blocks * self.block_tokens
 
 
+@dataclass
+class Totals:
+    """Lifetime counts: what metrics and the Stats RPC report, kept in one place."""
+
+    started: int = 0
+    resumes_applied: int = 0
+    tokens_received: int = 0
+    duplicates: dict[str, int] = field(default_factory=lambda: {"repeat": 0, "stale": 0})
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(Outcome.ALL, 0))
+    released: dict[str, int] = field(default_factory=lambda: {"client": 0, "retention": 0})
+
+
 class Listener:
     """What the coordinator decided. The server subclasses it to wake waiters and count metrics."""
 
@@ -120,6 +132,8 @@ class Coordinator:
     def __init__(self, limits: Limits, listener: Listener | None = None) -> None:
         self.limits = limits
         self.listener = listener or Listener()
+        self.totals = Totals()
+        self._opened = itertools.count()
         self.allocator = BlockAllocator(limits.num_blocks)
         self.transfers: dict[str, Transfer] = {}
         self.draining = False
@@ -200,6 +214,8 @@ class Coordinator:
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
         self.transfers[transfer_id] = t
         self.state_counts[t.state] += 1
+        t.seq = next(self._opened)
+        self.totals.started += 1
         self.listener.opened(t)
         self._schedule(t, self._deadline(t))
         self._changed(t)
@@ -209,6 +225,7 @@ class Coordinator:
         t = self.observe(transfer_id, now)
         if t.last_resume_sent_tokens >= 0 and sent_tokens <= t.last_resume_sent_tokens:
             reason = "repeat" if sent_tokens == t.last_resume_sent_tokens else "stale"
+            self.totals.duplicates[reason] += 1
             self.listener.resume_duplicate(t, reason)
             return ResumeResult(t, True, reason)
         if t.state.terminal:
@@ -233,6 +250,7 @@ class Coordinator:
         t.blocks_wanted = self._blocks_for(t.window_tokens)
         self._waiting[t.transfer_id] = t
         self._serve_waiting()
+        self.totals.resumes_applied += 1
         self.listener.resume_applied(t, window_wait)
         self._changed(t)
         return ResumeResult(t, False, "")
@@ -247,6 +265,7 @@ class Coordinator:
         del self.transfers[transfer_id]
         self.state_counts[t.state] -= 1
         t.released = True
+        self.totals.released[by] += 1
         self.listener.released(t, by)
         self._serve_waiting()
         return t, freed
@@ -319,6 +338,7 @@ class Coordinator:
             return t
         t.sent_tokens += ticket.count
         t.last_progress_at = now
+        self.totals.tokens_received += ticket.count
         self.listener.delivered(t, ticket.count)
         if t.state is State.RESUMING:
             self._fire("deliver", t)
@@ -424,6 +444,7 @@ class Coordinator:
         t.outcome = outcome
         t.finished_at = now
         self._schedule(t, self._deadline(t))  # retention may fall before the live deadline
+        self.totals.finished[outcome] += 1
         self.listener.finished(t)
 
     def _changed(self, t: Transfer) -> None:

@@ -59,7 +59,7 @@ class Transfer:
         "window_start_token", "window_tokens", "blocks", "blocks_wanted", "resume_count",
         "last_resume_sent_tokens", "failure_reason", "outcome", "opened_at", "last_progress_at",
         "finished_at", "window_full_at", "version", "write_in_flight", "released",
-        "lease_renewed_at", "watchers", "shell_cache",
+        "lease_renewed_at", "watchers", "shell_cache", "seq",
     )
 
     def __init__(self, transfer_id: str, open_window_tokens: int, blocks: list[int],
@@ -90,6 +90,7 @@ class Transfer:
         # The I/O shell's memo of what it derives from this transfer (keyed by ``version``);
         # the core never reads it. It goes when the transfer does.
         self.shell_cache: object = None
+        self.seq = 0  # order of opening, set by the coordinator
 
     @property
     def window_filled_tokens(self) -> int:

@@ -209,3 +209,67 @@ class ExportPoolResponse(_message.Message):
     block_tokens: int
     row_bytes: int
     def __init__(self, host_id: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., storage_size_bytes: _Optional[int] = ..., storage_offset_bytes: _Optional[int] = ..., ref_counter_handle: _Optional[bytes] = ..., ref_counter_offset: _Optional[int] = ..., event_handle: _Optional[bytes] = ..., event_sync_required: _Optional[bool] = ..., num_blocks: _Optional[int] = ..., block_tokens: _Optional[int] = ..., row_bytes: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StateCount(_message.Message):
+    __slots__ = ("state", "count")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    state: TransferState
+    count: int
+    def __init__(self, state: _Optional[_Union[TransferState, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("pool", "transfers", "resumes_waiting", "resumes_applied", "resume_duplicates", "transfers_started", "tokens_received", "uptime_seconds", "draining")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    RESUMES_WAITING_FIELD_NUMBER: _ClassVar[int]
+    RESUMES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    pool: PoolInfo
+    transfers: _containers.RepeatedCompositeFieldContainer[StateCount]
+    resumes_waiting: int
+    resumes_applied: int
+    resume_duplicates: int
+    transfers_started: int
+    tokens_received: int
+    uptime_seconds: float
+    draining: bool
+    def __init__(self, pool: _Optional[_Union[PoolInfo, _Mapping]] = ..., transfers: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., resumes_waiting: _Optional[int] = ..., resumes_applied: _Optional[int] = ..., resume_duplicates: _Optional[int] = ..., transfers_started: _Optional[int] = ..., tokens_received: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "states")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    states: _containers.RepeatedScalarFieldContainer[TransferState]
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[TransferState, str]]] = ...) -> None: ...
+
+class TransferSummary(_message.Message):
+    __slots__ = ("status", "age_seconds", "idle_seconds", "outcome")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    age_seconds: float
+    idle_seconds: float
+    outcome: str
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., age_seconds: _Optional[float] = ..., idle_seconds: _Optional[float] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("transfers", "next_page_token")
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[TransferSummary]
+    next_page_token: str
+    def __init__(self, transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,16 @@ class TransferServiceStub:
                 request_serializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolRequest.SerializeToString,
                 response_deserializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/kvferry.v1.TransferService/Stats',
+                request_serializer=kvferry_dot_v1_dot_transfer__pb2.StatsRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_transfer__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/kvferry.v1.TransferService/List',
+                request_serializer=kvferry_dot_v1_dot_transfer__pb2.ListRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_transfer__pb2.ListResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -161,6 +171,20 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Operators: pool usage, transfers by state, lifetime counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Operators: held transfers, oldest first, paged, optionally filtered by state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +237,16 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.ExportPool,
                     request_deserializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolRequest.FromString,
                     response_serializer=kvferry_dot_v1_dot_transfer__pb2.ExportPoolResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=kvferry_dot_v1_dot_transfer__pb2.StatsRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_transfer__pb2.StatsResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=kvferry_dot_v1_dot_transfer__pb2.ListRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_transfer__pb2.ListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -485,6 +519,60 @@ class TransferService:
             '/kvferry.v1.TransferService/ExportPool',
             kvferry_dot_v1_dot_transfer__pb2.ExportPoolRequest.SerializeToString,
             kvferry_dot_v1_dot_transfer__pb2.ExportPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.TransferService/Stats',
+            kvferry_dot_v1_dot_transfer__pb2.StatsRequest.SerializeToString,
+            kvferry_dot_v1_dot_transfer__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.TransferService/List',
+            kvferry_dot_v1_dot_transfer__pb2.ListRequest.SerializeToString,
+            kvferry_dot_v1_dot_transfer__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,
