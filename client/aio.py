@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -172,25 +172,37 @@ class AsyncClient:
     # -- receiver ------------------------------------------------------------------------------
 
     async def receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
-                      release: bool = True) -> AsyncIterator[Window]:
+                      release: bool = True, wait_open: float = 30.0,
+                      check_metadata: Callable[[bytes], None] | None = None) -> AsyncIterator[Window]:
         """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
         The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
-        on several tensor-parallel ranks with ``open=False, release=False`` on all but one: their
-        extra resumes are answered as duplicates. If the consumer stops early or raises, the
-        transfer is aborted so the sender learns at once; it is released at the end either way.
+        on several tensor-parallel ranks with ``open=False, release=False`` on all but one (they
+        wait up to ``wait_open`` seconds for the Open): their extra resumes are answered as
+        duplicates. Ranks must all have read a window before any of them resumes it (a barrier
+        in the loop body does that). ``check_metadata`` sees the sender's metadata as soon as it
+        attaches and may raise to refuse the transfer. If the consumer stops early or anything
+        raises, the transfer is aborted with the reason so the sender learns at once; it is
+        released at the end either way (when ``release``).
         """
         if open:
             await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id, window_tokens=window_tokens),
                                  metadata=self._md)
+        else:
+            await self._wait_for(transfer_id, wait_open)
         row_bytes = (await self.pool_info()).row_bytes
         handed_out = 0  # sent_tokens at the end of the last window yielded
+        checked = check_metadata is None
+        reason = "receiver stopped before the last window"
         finished = False
         watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id), metadata=self._md)
         try:
             async for st in watch:
                 if st.state == FAILED:
                     raise TransferFailed(transfer_id, st.failure_reason, st)
+                if not checked and st.total_tokens:  # the sender attached
+                    check_metadata(st.metadata)  # type: ignore[misc]
+                    checked = True
                 full = st.window_filled_tokens == st.window_tokens or st.state == SUCCESS
                 if not (full and st.window_filled_tokens and st.sent_tokens > handed_out):
                     continue
@@ -210,12 +222,28 @@ class AsyncClient:
                                        metadata=self._md)
             raise TransferFailed(transfer_id, "the Watch stream ended before the last window "
                                  "(is the server stopping?)")
+        except TransferFailed:
+            raise
+        except Exception as e:
+            reason = f"receiver failed: {e}"
+            raise
         finally:
             watch.cancel()
             if not finished and open:
-                await _quietly(self.abort(transfer_id, "receiver stopped before the last window"))
+                await _quietly(self.abort(transfer_id, reason))
             if release:
                 await _quietly(self.release(transfer_id))
+
+    async def _wait_for(self, transfer_id: str, seconds: float) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            try:
+                await self.poll(transfer_id)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.02)
 
 
 async def _quietly(call: Any) -> None:
