@@ -27,7 +27,7 @@ from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pool import BlockPool
 from kvferry.server.service import TransferService
-from kvferry.statemachine import Coordinator, Outcome
+from kvferry.statemachine import LIVE, Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
@@ -73,8 +73,7 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = self.config.shutdown_grace
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(
-                not t.state.terminal for t in self.coord.transfers.values()):
+        while time.monotonic() < deadline and any(self.coord.state_counts[s] for s in LIVE):
             await asyncio.sleep(0.05)
         left = self.coord.fail_all(Outcome.SHUTDOWN, "shutdown: the server stopped before the "
                                    "transfer finished", time.monotonic())

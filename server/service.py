@@ -7,7 +7,6 @@ import contextlib
 import time
 from typing import Any, AsyncIterator, Iterator
 
-
 from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pool import BlockPool, Landing, PoolUnavailable
@@ -16,10 +15,10 @@ from kvferry.statemachine import (
     Aborted, Coordinator, FailedPrecondition, InvalidArgument, NotFound, Outcome,
     ResourceExhausted, State, Transfer,
 )
-
-_STATE_VALUES = {s.value for s in State}
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+_STATE_VALUES = {s.value for s in State}
 
 
 def status_of(t: Transfer) -> pb.TransferStatus:
@@ -48,6 +47,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
     # Methods whose handler takes a pre-decoded request, or returns serialized bytes.
     DECODERS = {"Push": decode_push}
     RAW_RESPONSES = frozenset({"Read", "Poll", "Watch"})
+
     def __init__(self, config: ServerConfig, coord: Coordinator, pool: BlockPool,
                  notifier: ChangeNotifier) -> None:
         self.config = config
@@ -166,16 +166,17 @@ class TransferService(pb_grpc.TransferServiceServicer):
         t, segments = self.coord.read_segments(request.transfer_id, self.clock())
         blocks, start = t.blocks, t.window_start_token
         token = start
+
+        def unchanged() -> None:
+            # Each chunk is copied only while the window is still the one planned (checked right
+            # before the copy, with no await in between): a Resume or Abort mid-stream must not
+            # leak another transfer's rows.
+            if t.blocks is not blocks or t.window_start_token != start:
+                raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while being "
+                              f"read; read the whole window before resuming")
+
         with self._stream_slot():
             for chunk in _chunks(segments, self.read_rows):
-                # Each chunk is copied only while the window is still the one planned (checked
-                # right before the copy, with no await in between): a Resume or Abort mid-stream
-                # must not leak another transfer's rows.
-                def unchanged() -> None:
-                    if t.blocks is not blocks or t.window_start_token != start:
-                        raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed "
-                                      f"while being read; read the whole window before resuming")
-
                 async with self.pool.views(chunk, unchanged) as (views, count):
                     data = encode_read_response(token, views, count * self.row_bytes)
                 yield data
