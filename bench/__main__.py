@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from bench import core_figures, grpc_figures
-from bench.report import Figure, table, to_json
+from bench.report import print_report, run_plan, to_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,17 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    window_counts=(1, 4) if smoke else (1, 10, 100),
                                                    live_counts=(5, 20) if smoke else (10, 100, 1000)),
     }
-    figures: list[Figure] = []
-    for name, run in plan.items():
-        if args.only and name not in args.only:
-            continue
-        t0 = time.perf_counter()
-        figures += run()
-        print(f"[{name}: {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
-    print(table(figures))
-    for f in figures:
-        if f.note:
-            print(f"  {f.name}: {f.note}")
+    figures = run_plan(plan, args.only)
+    print_report(figures)
     if args.json:
         with open(args.json, "w") as fh:
             fh.write(to_json(figures) + "\n")

@@ -25,9 +25,9 @@ import grpc
 import numpy as np
 import torch
 
-from bench.grpc_figures import CHUNK, OPTS, SVC
+from bench.grpc_figures import CHUNK, OPTS, push_messages, timed_push
 from bench.procs import echo_server, kvferry_server
-from bench.report import Figure, ratio_target, table, to_json
+from bench.report import Figure, print_report, ratio_target, run_plan, to_json
 from kvferry.v1 import transfer_pb2 as pb
 
 
@@ -102,30 +102,7 @@ def push_into_cuda_pool(rounds: int, window_tokens: int, windows: int, row: int 
             echo_server(row, window_bytes, cuda=True) as echo:
         async def once_ours(tag: int) -> float:
             tid = f"gpu-push-{tag}"
-            msgs = [pb.PushRequest(transfer_id=tid, total_tokens=total, start_token=o // row,
-                                   rows=payload[o:o + step]).SerializeToString()
-                    for o in range(0, nbytes, step)]
-            async with grpc.aio.insecure_channel(srv.target, options=OPTS) as ch:
-                await ch.unary_unary(SVC + "Open")(pb.OpenRequest(transfer_id=tid).SerializeToString())
-                watch = ch.unary_stream(SVC + "Watch", response_deserializer=pb.TransferStatus.FromString)
-                resume = ch.unary_unary(SVC + "Resume")
-
-                async def receiver() -> None:
-                    async for st in watch(pb.WatchRequest(transfer_id=tid).SerializeToString()):
-                        if st.state == pb.TRANSFER_STATE_SUCCESS:
-                            return
-                        if (st.window_filled_tokens == st.window_tokens
-                                and st.state == pb.TRANSFER_STATE_TRANSFERRING):
-                            await resume(pb.ResumeRequest(transfer_id=tid,
-                                                          sent_tokens=st.sent_tokens).SerializeToString())
-
-                rx = asyncio.ensure_future(receiver())
-                t0 = time.perf_counter()
-                await ch.stream_unary(SVC + "Push")(iter(msgs))
-                elapsed = time.perf_counter() - t0
-                await rx
-                await ch.unary_unary(SVC + "Release")(pb.ReleaseRequest(transfer_id=tid).SerializeToString())
-            return nbytes / elapsed / 1e9
+            return nbytes / await timed_push(srv.target, tid, push_messages(tid, payload, row)) / 1e9
 
         async def once_base() -> float:
             chunks = [payload[o:o + step] for o in range(0, nbytes, step)]
@@ -215,23 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     props = torch.cuda.get_device_properties(0)
     card = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
     print(f"card: {card}", flush=True)
-    figures: list[Figure] = []
-    for name, run in (
-        ("ceilings", lambda: copy_ceilings(64 if s else 1024, 5 if s else 20)),
-        ("push", lambda: push_into_cuda_pool(1 if s else 5, 1024 if s else 8192, 2 if s else 4)),
-        ("ipc", lambda: ipc_read(1024 if s else 8192, 5 if s else 50)),
-    ):
-        t0 = time.perf_counter()
-        try:
-            figures += run()
-        except Exception as e:  # keep the other figures: a device run is precious
-            print(f"[{name}: FAILED: {e!r}]", file=sys.stderr, flush=True)
-            continue
-        print(f"[{name}: {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
-    print(table(figures))
-    for f in figures:
-        if f.note:
-            print(f"  {f.name}: {f.note}")
+    figures = run_plan({
+        "ceilings": lambda: copy_ceilings(64 if s else 1024, 5 if s else 20),
+        "push": lambda: push_into_cuda_pool(1 if s else 5, 1024 if s else 8192, 2 if s else 4),
+        "ipc": lambda: ipc_read(1024 if s else 8192, 5 if s else 50),
+    })
+    print_report(figures)
     if args.json:
         with open(args.json, "w") as fh:
             fh.write(json.dumps({"card": card, "figures": json.loads(to_json(figures))}, indent=2) + "\n")

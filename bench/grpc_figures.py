@@ -38,6 +38,41 @@ async def closed_loop(call: Callable[[], Awaitable[object]], seconds: float,
     return len(lat) / (time.perf_counter() - t0), lat
 
 
+def push_messages(tid: str, payload: bytes, row: int, total: int | None = None) -> list[bytes]:
+    """Serialized PushRequests carrying ``payload`` in 4 MiB messages of whole rows."""
+    step = (CHUNK // row) * row
+    total = len(payload) // row if total is None else total
+    return [pb.PushRequest(transfer_id=tid, total_tokens=total, start_token=o // row,
+                           rows=payload[o:o + step]).SerializeToString()
+            for o in range(0, len(payload), step)]
+
+
+async def timed_push(target: str, tid: str, msgs: list[bytes]) -> float:
+    """Open ``tid``, push ``msgs`` while a receiver resumes every full window at once (no Read),
+    release it; the seconds the Push took."""
+    async with grpc.aio.insecure_channel(target, options=OPTS) as ch:
+        await ch.unary_unary(SVC + "Open")(pb.OpenRequest(transfer_id=tid).SerializeToString())
+        watch = ch.unary_stream(SVC + "Watch", response_deserializer=pb.TransferStatus.FromString)
+        resume = ch.unary_unary(SVC + "Resume")
+
+        async def receiver() -> None:
+            async for st in watch(pb.WatchRequest(transfer_id=tid).SerializeToString()):
+                if st.state == pb.TRANSFER_STATE_SUCCESS:
+                    return
+                if (st.window_filled_tokens == st.window_tokens
+                        and st.state == pb.TRANSFER_STATE_TRANSFERRING):
+                    await resume(pb.ResumeRequest(transfer_id=tid,
+                                                  sent_tokens=st.sent_tokens).SerializeToString())
+
+        rx = asyncio.ensure_future(receiver())
+        t0 = time.perf_counter()
+        await ch.stream_unary(SVC + "Push")(iter(msgs))
+        elapsed = time.perf_counter() - t0
+        await rx
+        await ch.unary_unary(SVC + "Release")(pb.ReleaseRequest(transfer_id=tid).SerializeToString())
+    return elapsed
+
+
 def control_plane(rounds: int, seconds: float, inflight: int = 64) -> list[Figure]:
     poll = pb.PollRequest(transfer_id="bench-poll").SerializeToString()
     ours: list[tuple[float, list[float]]] = []
@@ -141,33 +176,9 @@ def data_plane(rounds: int, window_tokens: int, windows: int, row: int = 8192,
     with kvferry_server(num_blocks=nblocks, block_tokens=block_tokens, row_bytes=row,
                         default_window_tokens=window_tokens) as srv, \
             echo_server(row, window_bytes) as echo:
-        def messages(tid: str) -> list[bytes]:
-            return [pb.PushRequest(transfer_id=tid, total_tokens=total, start_token=o // row,
-                                   rows=payload[o:o + step]).SerializeToString()
-                    for o in range(0, nbytes, step)]
-
         async def push_ours_once(tag: int) -> float:
             tid = f"bench-push-{tag}"
-            msgs = messages(tid)
-            async with grpc.aio.insecure_channel(srv.target, options=OPTS) as ch:
-                await ch.unary_unary(SVC + "Open")(pb.OpenRequest(transfer_id=tid).SerializeToString())
-                watch = ch.unary_stream(SVC + "Watch", response_deserializer=pb.TransferStatus.FromString)
-                resume = ch.unary_unary(SVC + "Resume")
-
-                async def receiver() -> None:
-                    async for st in watch(pb.WatchRequest(transfer_id=tid).SerializeToString()):
-                        if st.state == pb.TRANSFER_STATE_SUCCESS:
-                            return
-                        if st.window_filled_tokens == st.window_tokens and st.state == pb.TRANSFER_STATE_TRANSFERRING:
-                            await resume(pb.ResumeRequest(transfer_id=tid, sent_tokens=st.sent_tokens).SerializeToString())
-
-                rx = asyncio.ensure_future(receiver())
-                t0 = time.perf_counter()
-                await ch.stream_unary(SVC + "Push")(iter(msgs))
-                elapsed = time.perf_counter() - t0
-                await rx
-                await ch.unary_unary(SVC + "Release")(pb.ReleaseRequest(transfer_id=tid).SerializeToString())
-            return nbytes / elapsed / 1e9
+            return nbytes / await timed_push(srv.target, tid, push_messages(tid, payload, row)) / 1e9
 
         async def push_base_once() -> float:
             chunks = [payload[o:o + step] for o in range(0, nbytes, step)]
@@ -201,10 +212,7 @@ def data_plane(rounds: int, window_tokens: int, windows: int, row: int = 8192,
             async with grpc.aio.insecure_channel(srv.target, options=OPTS) as ch:
                 tid = "bench-read"
                 await ch.unary_unary(SVC + "Open")(pb.OpenRequest(transfer_id=tid).SerializeToString())
-                msgs = [pb.PushRequest(transfer_id=tid, total_tokens=window_tokens, start_token=o // row,
-                                       rows=payload[o:min(o + step, window_bytes)]).SerializeToString()
-                        for o in range(0, window_bytes, step)]
-                await ch.stream_unary(SVC + "Push")(iter(msgs))
+                await ch.stream_unary(SVC + "Push")(iter(push_messages(tid, payload[:window_bytes], row)))
 
         for i in range(rounds):
             push_ours.append(asyncio.run(push_ours_once(i)))
@@ -227,37 +235,14 @@ def cost_growth(window_tokens: int, window_counts: tuple[int, ...], live_counts:
     """Push time per window for 1, 10, 100 windows (flat = linear), and server RSS per live
     transfer at 10, 100, 1000 held."""
     out: list[Figure] = []
-    step = (CHUNK // row) * row
     per_window: dict[int, float] = {}
     nblocks = 2 * window_tokens // block_tokens + max(live_counts)
     with kvferry_server(num_blocks=nblocks, block_tokens=block_tokens, row_bytes=row,
                         default_window_tokens=window_tokens, max_transfers=max(live_counts) + 10) as srv:
         async def one(n: int) -> float:
             tid = f"bench-grow-{n}"
-            total = n * window_tokens
-            payload = bytes(total * row)
-            msgs = [pb.PushRequest(transfer_id=tid, total_tokens=total, start_token=o // row,
-                                   rows=payload[o:o + step]).SerializeToString()
-                    for o in range(0, len(payload), step)]
-            async with grpc.aio.insecure_channel(srv.target, options=OPTS) as ch:
-                await ch.unary_unary(SVC + "Open")(pb.OpenRequest(transfer_id=tid).SerializeToString())
-                watch = ch.unary_stream(SVC + "Watch", response_deserializer=pb.TransferStatus.FromString)
-                resume = ch.unary_unary(SVC + "Resume")
-
-                async def receiver() -> None:
-                    async for st in watch(pb.WatchRequest(transfer_id=tid).SerializeToString()):
-                        if st.state == pb.TRANSFER_STATE_SUCCESS:
-                            return
-                        if st.window_filled_tokens == st.window_tokens and st.state == pb.TRANSFER_STATE_TRANSFERRING:
-                            await resume(pb.ResumeRequest(transfer_id=tid, sent_tokens=st.sent_tokens).SerializeToString())
-
-                rx = asyncio.ensure_future(receiver())
-                t0 = time.perf_counter()
-                await ch.stream_unary(SVC + "Push")(iter(msgs))
-                elapsed = time.perf_counter() - t0
-                await rx
-                await ch.unary_unary(SVC + "Release")(pb.ReleaseRequest(transfer_id=tid).SerializeToString())
-            return elapsed / n
+            msgs = push_messages(tid, bytes(n * window_tokens * row), row)
+            return await timed_push(srv.target, tid, msgs) / n
 
         for n in window_counts:
             per_window[n] = median([asyncio.run(one(n)) for _ in range(3)])

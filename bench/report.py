@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 
 @dataclass
@@ -54,3 +57,27 @@ def table(figures: list[Figure]) -> str:
 
 def to_json(figures: list[Figure]) -> str:
     return json.dumps([{**asdict(f), "ratio": f.ratio} for f in figures], indent=2)
+
+
+def run_plan(plan: dict[str, Callable[[], list[Figure]]], only: Sequence[str] = ()) -> list[Figure]:
+    """Run each named group of figures, timing it on stderr; a group that fails is reported and
+    skipped so the others still run (a device run is precious)."""
+    figures: list[Figure] = []
+    for name, run in plan.items():
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            figures += run()
+        except Exception as e:
+            print(f"[{name}: FAILED: {e!r}]", file=sys.stderr, flush=True)
+            continue
+        print(f"[{name}: {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
+    return figures
+
+
+def print_report(figures: list[Figure]) -> None:
+    print(table(figures))
+    for f in figures:
+        if f.note:
+            print(f"  {f.name}: {f.note}")
