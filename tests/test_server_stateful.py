@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import grpc
@@ -133,6 +134,16 @@ class ServerMachine(RuleBasedStateMachine):
         self.ch.close()
 
 
+class ServerMachineWithClock(ServerMachine):
+    """The same, on a server whose timeouts are short, with waits past each of them (the gRPC
+    stand-in for the core test's clock jumps: bootstrap, lease, stall and retention fire between
+    requests)."""
+
+    @rule(seconds=st.sampled_from([0.05, 0.25, 0.45, 0.65]))
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _server() -> Iterator[None]:
     global SERVER
@@ -142,7 +153,33 @@ def _server() -> Iterator[None]:
     SERVER = None
 
 
+@pytest.fixture
+def _fast_server() -> Iterator[None]:
+    global SERVER
+    steady, SERVER = SERVER, start_server(num_blocks=12, block_tokens=8, default_window_tokens=16,
+                                          bootstrap_timeout=0.2, lease_timeout=0.4,
+                                          stall_timeout=0.6, retention=0.5)
+    try:
+        yield
+        # The waits did fire timeouts: the interleavings crossed them, not just ran beside them.
+        timed_out = sum(SERVER.metric("kvferry_transfers_finished_total", f'outcome="{o}"')
+                        for o in ("bootstrap_timeout", "lease_expired", "stall_timeout"))
+        assert timed_out > 0 and SERVER.metric("kvferry_transfers_released_total", 'by="retention"') > 0
+    finally:
+        assert SERVER.stop() == 0
+        SERVER = steady
+
+
 ServerMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 TestServerInterleavings = ServerMachine.TestCase
+
+ServerMachineWithClock.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.usefixtures("_fast_server")
+class TestServerInterleavingsWithTimeouts(ServerMachineWithClock.TestCase):  # type: ignore[misc,valid-type]
+    pass
