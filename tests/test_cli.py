@@ -97,3 +97,15 @@ def test_sigterm_drains_then_exits_0() -> None:
     th.join(10)
     ch.close()
     assert errors and errors[0].code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_reflection_lists_the_services(seed) -> None:  # type: ignore[no-untyped-def]
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(seed.target) as ch:
+        services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+        assert {"kvferry.v1.TransferService", "grpc.health.v1.Health"} <= services
+        desc = ProtoReflectionDescriptorDatabase(ch).FindFileContainingSymbol("kvferry.v1.TransferService")
+        assert desc.name == "kvferry/v1/transfer.proto"
