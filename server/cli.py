@@ -13,7 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvferry",
         description="kvferry: a transfer coordinator for windowed embedding transfers between "
-                    "encoder and language workers.")
+                    "encoder and language workers.",
+        epilog="`kvferry COMMAND --help` explains each command's flags (for serve, each flag "
+               "is also a KVFERRY_* environment variable).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve", help="run the gRPC server over a block pool",
