@@ -46,18 +46,22 @@ class Server:
     health: health.aio.HealthServicer
     grpc_port: int
     metrics_port: int
+    listener: ShellListener
     _metrics_httpd: object = field(repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def run_timers(self) -> None:
-        """Apply timeouts as they fall due."""
+        """Apply timeouts as they fall due: sleep until the earliest deadline, or until the core
+        schedules an earlier one (a transfer opened meanwhile, say)."""
+        wakeup = self.listener.timer_wakeup
         while not self._stopping.is_set():
+            wakeup.clear()
             now = time.monotonic()
             self.coord.expire(now)
             nxt = self.coord.next_deadline()
-            delay = 1.0 if nxt is None else min(1.0, max(0.01, nxt - now))
+            delay = 60.0 if nxt is None else max(0.0, nxt - now)
             try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                await asyncio.wait_for(wakeup.wait(), delay)
             except asyncio.TimeoutError:
                 pass
 
@@ -66,6 +70,7 @@ class Server:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self.listener.timer_wakeup.set()
         self.coord.draining = True
         # Readiness ("" and the service) goes NOT_SERVING so no new work comes; liveness stays
         # SERVING so the kubelet does not restart a pod that is draining on purpose.
@@ -88,7 +93,8 @@ async def start(config: ServerConfig) -> Server:
                      config.max_message_bytes)
     registry = CollectorRegistry()
     notifier = ChangeNotifier()
-    coord = Coordinator(config.limits(), ShellListener(notifier, TransferHistograms(registry)))
+    listener = ShellListener(notifier, TransferHistograms(registry))
+    coord = Coordinator(config.limits(), listener)
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 
     token = config.read_auth_token()
@@ -124,7 +130,7 @@ async def start(config: ServerConfig) -> Server:
     await server.start()
     for name in (*READINESS_SERVICES, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(config, coord, server, health_servicer, port, httpd.server_port, httpd)
+    return Server(config, coord, server, health_servicer, port, httpd.server_port, listener, httpd)
 
 
 async def serve(config: ServerConfig) -> None:

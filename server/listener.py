@@ -1,6 +1,8 @@
-"""The shell's one Listener: wakes waiting calls, and observes the histograms."""
+"""The shell's one Listener: wakes waiting calls and the timer, and observes the histograms."""
 
 from __future__ import annotations
+
+import asyncio
 
 from kvferry.server.metrics import TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
@@ -11,6 +13,10 @@ class ShellListener(Listener):
     def __init__(self, notifier: ChangeNotifier, histograms: TransferHistograms) -> None:
         self.notifier = notifier
         self.histograms = histograms
+        self.timer_wakeup = asyncio.Event()  # the timer task sleeps until the next deadline
+
+    def deadline_sooner(self, deadline: float) -> None:
+        self.timer_wakeup.set()
 
     def changed(self, t: Transfer) -> None:
         self.notifier.notify(t.transfer_id)

@@ -103,6 +103,9 @@ class Listener:
     def released(self, t: Transfer, by: str) -> None:
         """``t`` was forgotten: ``by`` is ``client`` or ``retention``."""
 
+    def deadline_sooner(self, deadline: float) -> None:
+        """A timeout now falls due at ``deadline``, before any other: call ``expire`` then."""
+
 
 class Segment(NamedTuple):
     """``tokens`` consecutive rows of one pool block, from row ``offset`` of that block."""
@@ -473,7 +476,10 @@ class Coordinator:
                                        f"({_stall_cause(t)})")
 
     def _schedule(self, t: Transfer, deadline: float) -> None:
+        sooner = not self._deadlines or deadline < self._deadlines[0][0]
         heapq.heappush(self._deadlines, (deadline, next(self._seq), t))
+        if sooner:
+            self.listener.deadline_sooner(deadline)
 
 
 def _check_id(transfer_id: str) -> None:

@@ -103,3 +103,19 @@ def test_polling_is_not_progress(stub: pb_grpc.TransferServiceStub) -> None:
         time.sleep(0.05)
     assert st.state == pb.TRANSFER_STATE_FAILED and "sender delivered nothing" in st.failure_reason
     stub.Release(pb.ReleaseRequest(transfer_id="polled"))
+
+
+def test_a_timeout_scheduled_while_the_server_idles_fires_on_time() -> None:
+    """An idle server's timer sleeps until its next deadline (none: a long while); a transfer
+    opened then must wake it, not wait for that sleep to end."""
+    srv = start_server(bootstrap_timeout=0.3, stall_timeout=30, retention=30)
+    try:
+        time.sleep(0.5)  # nothing to time: the timer task is asleep
+        ch, stub = srv.stub()
+        with ch:
+            stub.Open(pb.OpenRequest(transfer_id="late"))
+            st = wait_state(stub, "late", pb.TRANSFER_STATE_FAILED, within=3)
+            assert st.state == pb.TRANSFER_STATE_FAILED and st.failure_reason.startswith("bootstrap")
+            stub.Release(pb.ReleaseRequest(transfer_id="late"))
+    finally:
+        assert srv.stop() == 0
