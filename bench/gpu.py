@@ -21,11 +21,10 @@ import sys
 import textwrap
 import time
 
-import grpc
 import numpy as np
 import torch
 
-from bench.grpc_figures import CHUNK, OPTS, push_messages, timed_push
+from bench.grpc_figures import CHUNK, push_messages, timed_push, timed_sink
 from bench.procs import echo_server, kvferry_server
 from bench.report import Figure, print_report, ratio_target, run_plan, to_json
 from kvferry.v1 import transfer_pb2 as pb
@@ -93,7 +92,6 @@ def push_into_cuda_pool(rounds: int, window_tokens: int, windows: int, row: int 
     total = window_tokens * windows
     nbytes = total * row
     payload = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
-    step = (CHUNK // row) * row
     window_bytes = window_tokens * row
     ours, base = [], []
     with kvferry_server(device="cuda:0", num_blocks=2 * window_tokens // block_tokens,
@@ -105,13 +103,7 @@ def push_into_cuda_pool(rounds: int, window_tokens: int, windows: int, row: int 
             return nbytes / await timed_push(srv.target, tid, push_messages(tid, payload, row)) / 1e9
 
         async def once_base() -> float:
-            chunks = [payload[o:o + step] for o in range(0, nbytes, step)]
-            async with grpc.aio.insecure_channel(echo, options=OPTS) as ch:
-                sink = ch.stream_unary("/echo.Echo/SinkCuda")
-                await sink(iter([b"x" * row]))
-                t0 = time.perf_counter()
-                await sink(iter(chunks))
-                return nbytes / (time.perf_counter() - t0) / 1e9
+            return nbytes / await timed_sink(echo, "/echo.Echo/SinkCuda", payload, row) / 1e9
 
         asyncio.run(once_ours(-1))  # warm-up: CUDA context, pinned buffers, connections
         for i in range(rounds):

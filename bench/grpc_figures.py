@@ -73,6 +73,19 @@ async def timed_push(target: str, tid: str, msgs: list[bytes]) -> float:
     return elapsed
 
 
+async def timed_sink(target: str, method: str, payload: bytes, row: int) -> float:
+    """Stream ``payload`` in the same 4 MiB whole-row messages to a baseline sink; the seconds
+    it took (after a one-row warm-up call)."""
+    step = (CHUNK // row) * row
+    chunks = [payload[o:o + step] for o in range(0, len(payload), step)]
+    async with grpc.aio.insecure_channel(target, options=OPTS) as ch:
+        sink = ch.stream_unary(method)
+        await sink(iter([bytes(row)]))
+        t0 = time.perf_counter()
+        await sink(iter(chunks))
+        return time.perf_counter() - t0
+
+
 def control_plane(rounds: int, seconds: float, inflight: int = 64) -> list[Figure]:
     poll = pb.PollRequest(transfer_id="bench-poll").SerializeToString()
     ours: list[tuple[float, list[float]]] = []
@@ -169,7 +182,6 @@ def data_plane(rounds: int, window_tokens: int, windows: int, row: int = 8192,
     total = window_tokens * windows
     nbytes = total * row
     payload = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
-    step = (CHUNK // row) * row
     window_bytes = window_tokens * row
     push_ours, push_base, read_ours, read_base = [], [], [], []
     nblocks = 2 * window_tokens // block_tokens
@@ -181,13 +193,7 @@ def data_plane(rounds: int, window_tokens: int, windows: int, row: int = 8192,
             return nbytes / await timed_push(srv.target, tid, push_messages(tid, payload, row)) / 1e9
 
         async def push_base_once() -> float:
-            chunks = [payload[o:o + step] for o in range(0, nbytes, step)]
-            async with grpc.aio.insecure_channel(echo, options=OPTS) as ch:
-                sink = ch.stream_unary("/echo.Echo/Sink")
-                await sink(iter([b"x"]))
-                t0 = time.perf_counter()
-                await sink(iter(chunks))
-                return nbytes / (time.perf_counter() - t0) / 1e9
+            return nbytes / await timed_sink(echo, "/echo.Echo/Sink", payload, row) / 1e9
 
         async def read_ours_once() -> float:
             tid = "bench-read"

@@ -91,10 +91,6 @@ class ServerConfig:
         return grpc.ssl_server_credentials([(read(self.tls_key), read(self.tls_cert))],
                                            root_certificates=ca, require_client_auth=ca is not None)
 
-    @property
-    def pool_bytes(self) -> int:
-        return self.num_blocks * self.block_tokens * self.row_bytes
-
 
 _HELP: dict[str, str] = {
     "host": "address to bind gRPC on (0.0.0.0 in a container)",

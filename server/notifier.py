@@ -14,10 +14,6 @@ class ChangeNotifier:
             if not f.done():
                 f.set_result(None)
 
-    def notify_all(self) -> None:
-        for key in list(self._waiters):
-            self.notify(key)
-
     async def wait(self, transfer_id: str, timeout: float | None = None) -> None:
         """Until the next change of ``transfer_id`` (or ``timeout``). Re-check after waking: the
         caller checks its condition and calls this with no await in between, so none is missed."""

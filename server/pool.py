@@ -60,10 +60,6 @@ class BlockPool:
             self._staging_rows = rows
             self._stream = torch.cuda.Stream(self.device)
 
-    @property
-    def is_cuda(self) -> bool:
-        return self._host is None
-
     # -- rows in ---------------------------------------------------------------------------
 
     async def write(self, segments: Sequence[Segment], rows: bytes | memoryview, first_row: int,

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import threading
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -101,34 +100,17 @@ def test_receiver_abort_reaches_the_blocked_sender(seed: ServerProcess) -> None:
 
     async def main() -> None:
         async with AsyncClient(seed.target) as rx, AsyncClient(seed.target) as tx:
+            send = asyncio.create_task(tx.send("abort-me", data))  # waits for the Open
             gen = rx.receive("abort-me", 64)
             first = await gen.__anext__()  # the receiver takes one window ...
             assert first.num_tokens == 64
-            send = asyncio.create_task(tx.send("abort-me", data))
             await asyncio.sleep(0.2)
-            assert not send.done()  # ... the sender is blocked on the full window
+            assert not send.done()  # ... the sender is blocked on the next full window
             await gen.aclose()  # the consumer goes away: the client aborts, then releases
             with pytest.raises(TransferFailed, match="receiver stopped"):
                 await asyncio.wait_for(send, 10)
 
-    async def opener() -> None:
-        async with AsyncClient(seed.target) as tx:
-            await tx.send("abort-me", data)
-
-    # Start the sender first so the first window fills; the receiver's Open comes right after.
-    async def run() -> None:
-        pre = asyncio.create_task(opener())
-        await asyncio.sleep(0.1)
-        try:
-            await main()
-        finally:
-            pre.cancel()
-            try:
-                await pre
-            except (asyncio.CancelledError, TransferFailed, grpc.aio.AioRpcError):
-                pass
-
-    asyncio.run(run())
+    asyncio.run(main())
 
 
 def test_watch_streams_every_state_and_ends_after_the_terminal_one(seed: ServerProcess) -> None:
