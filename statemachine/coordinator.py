@@ -15,10 +15,16 @@ from typing import NamedTuple
 
 from kvferry.statemachine.allocator import BlockAllocator
 from kvferry.statemachine.errors import (
-    Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
-    ResourceExhausted, Unavailable,
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
 )
-from kvferry.statemachine.lifecycle import State, Transfer, fire, resume_is_due
+from kvferry.statemachine.lifecycle import State, Transfer, fire, must_fire
 
 MAX_ID_BYTES = 256
 # Far beyond any request (2^48 tokens), and well inside the wire's int64 fields.
@@ -115,7 +121,8 @@ class Segment(NamedTuple):
     tokens: int
 
 
-class WriteTicket(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class WriteTicket:
     """What to do with a message of rows: skip ``skip`` (already delivered), then copy ``count``
     rows into ``segments``; the rest must wait for the next window."""
 
@@ -139,7 +146,7 @@ class Coordinator:
         self._opened = itertools.count()
         self.allocator = BlockAllocator(limits.num_blocks)
         self.transfers: dict[str, Transfer] = {}
-        self.draining = False
+        self._draining = False
         # Held transfers per state, kept as they change so that metrics never walk all transfers.
         self.state_counts: dict[State, int] = {s: 0 for s in State}
         # Resumes waiting for blocks, first come first served.
@@ -180,6 +187,28 @@ class Coordinator:
     def resumes_waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def live_count(self) -> int:
+        return sum(self.state_counts[s] for s in State if not s.terminal)
+
+    def list_transfers(self, after: int = -1, states: frozenset[State] | set[State] = frozenset(),
+                       limit: int = 100) -> tuple[list[Transfer], bool]:
+        """Held transfers opened after the one whose ``seq`` is ``after``, oldest first, only in
+        ``states`` (all when empty), at most ``limit``; and whether more follow."""
+        out: list[Transfer] = []
+        # Held transfers iterate in opening order (dicts keep insertion order).
+        for t in self.transfers.values():
+            if t.seq <= after or (states and t.state not in states):
+                continue
+            if len(out) == limit:
+                return out, True
+            out.append(t)
+        return out, False
+
     def read_segments(self, transfer_id: str, now: float) -> tuple[Transfer, list[Segment]]:
         """The filled rows of the current window, in token order (renews the receiver's lease)."""
         t = self.observe(transfer_id, now)
@@ -198,7 +227,7 @@ class Coordinator:
         if held is not None:
             raise AlreadyExists(f"transfer {transfer_id!r} is already held ({held.state.name}); "
                                 f"Release it first, or open a new id")
-        if self.draining:
+        if self._draining:
             raise Unavailable("the server is shutting down and takes no new transfers; "
                               "open on another replica")
         if len(self.transfers) >= self.limits.max_transfers:
@@ -237,9 +266,9 @@ class Coordinator:
                                      f"there is nothing to resume")
         size = window_tokens or t.open_window_tokens
         self._check_window(size)
-        if t.state is not State.TRANSFERRING or not self._fire("resume", t, sent_tokens=sent_tokens):
-            raise FailedPrecondition(resume_is_due(t, sent_tokens) or
-                                     f"cannot resume a transfer in {t.state.name}")
+        why = self._fire("resume", t, sent_tokens=sent_tokens)
+        if why is not None:
+            raise FailedPrecondition(f"cannot resume transfer {transfer_id!r}: {why}")
         window_wait = None if t.window_full_at is None else now - t.window_full_at
         t.last_resume_sent_tokens = sent_tokens
         t.resume_count += 1
@@ -291,10 +320,9 @@ class Coordinator:
             t.metadata = metadata
             t.window_tokens = min(t.window_tokens, total_tokens)
             needed = self._blocks_for(t.window_tokens)
-            if len(t.blocks) > needed:  # a short transfer gives back what it can never fill
-                self.allocator.free(t.blocks[needed:])
-                del t.blocks[needed:]
-            self._fire("attach", t)
+            # A short transfer gives back what it can never fill.
+            t.blocks = self.allocator.shrink(t.blocks, needed)
+            self._must_fire("attach", t)
             t.last_progress_at = now
             self._serve_waiting()
             self._changed(t)
@@ -344,8 +372,8 @@ class Coordinator:
         self.totals.tokens_received += ticket.count
         self.listener.delivered(t, ticket.count)
         if t.state is State.RESUMING:
-            self._fire("deliver", t)
-        if self._fire("complete", t):
+            self._must_fire("deliver", t)
+        if self._fire("complete", t) is None:
             self._finish(t, Outcome.SUCCESS, now)
         elif t.window_full:
             t.window_full_at = now
@@ -361,7 +389,11 @@ class Coordinator:
         return t
 
     def fail(self, t: Transfer, outcome: str, reason: str, now: float) -> None:
-        self._fire("fail", t)
+        """End ``t`` FAILED. A transfer that already ended (an abort or a timeout got there
+        first, say while a copy was awaited) keeps its first outcome: nothing changes."""
+        if t.state.terminal:
+            return
+        self._must_fire("fail", t)
         t.failure_reason = reason
         t.window_full_at = None
         if self._waiting.pop(t.transfer_id, None) is not None:
@@ -370,6 +402,10 @@ class Coordinator:
         self._finish(t, outcome, now)
         self._serve_waiting()
         self._changed(t)
+
+    def drain(self) -> None:
+        """Take no new transfers (Open answers UNAVAILABLE); live ones go on."""
+        self._draining = True
 
     def fail_all(self, outcome: str, reason: str, now: float) -> int:
         live = [t for t in self.transfers.values() if not t.state.terminal]
@@ -398,13 +434,19 @@ class Coordinator:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _fire(self, event: str, t: Transfer, **kwargs: int) -> bool:
+    def _fire(self, event: str, t: Transfer, **kwargs: int) -> str | None:
         before = t.state
-        if not fire(event, t, **kwargs):
-            return False
+        why = fire(event, t, **kwargs)
+        if why is None:
+            self.state_counts[before] -= 1
+            self.state_counts[t.state] += 1
+        return why
+
+    def _must_fire(self, event: str, t: Transfer) -> None:
+        before = t.state
+        must_fire(event, t)
         self.state_counts[before] -= 1
         self.state_counts[t.state] += 1
-        return True
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.limits.block_tokens)
@@ -431,6 +473,7 @@ class Coordinator:
         if t.blocks and not t.write_in_flight:
             self.allocator.free(t.blocks)
             t.blocks = []
+            t.window_epoch += 1
 
     def _serve_waiting(self) -> None:
         while self._waiting:

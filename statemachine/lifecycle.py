@@ -13,22 +13,24 @@ The rules (everything else in kvferry follows from these):
    is not above the last applied one is a duplicate (a retry, another tensor-parallel rank, a stale
    message): the coordinator answers it and this table never sees it.
 5. The first rows ``deliver``-ed into the new window: RESUMING -> TRANSFERRING.
-6. When ``sent_tokens == total_tokens`` the transfer is ``complete``: SUCCESS.
+6. When ``sent_tokens == total_tokens`` the transfer is ``complete``: SUCCESS. Rows land only in
+   TRANSFERRING (rule 5 runs first), so that is the one state ``complete`` leaves.
 7. Any live state may ``fail`` (abort, timeout, lost lease, shutdown): FAILED.
 8. SUCCESS and FAILED are terminal: no event leaves them.
 
 ``TRANSITIONS`` below is the single source of truth: the machine, the docs and the diagram are
-generated from it. One shared ``transitions.Machine`` drives every transfer
-(``MACHINE.events[name].trigger(transfer)``), so a transfer costs no per-model registration and
-nothing has to be removed when it is released.
+generated from it, and every refusal the coordinator reports comes from it. ``fire`` answers
+``None`` when the event happened, or the reason it did not: the refusing guard's own words, or the
+states the table allows it from. One shared ``transitions.Machine`` drives every transfer, so a
+transfer costs no per-model registration and nothing has to be removed when it is released.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Callable, NamedTuple
-
 import logging
+from collections.abc import Callable
+from typing import NamedTuple
 
 from transitions import EventData, Machine, MachineError
 
@@ -55,11 +57,31 @@ class Transfer:
     """What the core knows of one transfer. Mutated only by the coordinator and this table."""
 
     __slots__ = (
-        "transfer_id", "state", "open_window_tokens", "total_tokens", "metadata", "sent_tokens",
-        "window_start_token", "window_tokens", "blocks", "blocks_wanted", "resume_count",
-        "last_resume_sent_tokens", "failure_reason", "outcome", "opened_at", "last_progress_at",
-        "finished_at", "window_full_at", "version", "write_in_flight", "released",
-        "lease_renewed_at", "watchers", "shell_cache", "seq",
+        "blocks",
+        "blocks_wanted",
+        "failure_reason",
+        "finished_at",
+        "last_progress_at",
+        "last_resume_sent_tokens",
+        "lease_renewed_at",
+        "metadata",
+        "open_window_tokens",
+        "opened_at",
+        "outcome",
+        "released",
+        "resume_count",
+        "sent_tokens",
+        "seq",
+        "state",
+        "total_tokens",
+        "transfer_id",
+        "version",
+        "watchers",
+        "window_epoch",
+        "window_full_at",
+        "window_start_token",
+        "window_tokens",
+        "write_in_flight",
     )
 
     def __init__(self, transfer_id: str, open_window_tokens: int, blocks: list[int],
@@ -87,10 +109,10 @@ class Transfer:
         self.released = False
         self.lease_renewed_at = now  # the receiver's last call
         self.watchers = 0  # open Watch streams: each holds the lease
-        # The I/O shell's memo of what it derives from this transfer (keyed by ``version``);
-        # the core never reads it. It goes when the transfer does.
-        self.shell_cache: object = None
         self.seq = 0  # order of opening, set by the coordinator
+        # Changes every time the window's blocks are given back (resume, failure, release): a
+        # reader or writer that planned against one epoch must not touch the blocks in another.
+        self.window_epoch = 0
 
     @property
     def window_filled_tokens(self) -> int:
@@ -113,12 +135,6 @@ Guard = Callable[..., "str | None"]
 def all_tokens_sent(t: Transfer) -> str | None:
     if t.total_tokens == 0 or t.sent_tokens != t.total_tokens:
         return f"{t.sent_tokens} of {t.total_tokens or '?'} tokens delivered"
-    return None
-
-
-def delivered_into_window(t: Transfer) -> str | None:
-    if t.sent_tokens <= t.window_start_token:
-        return "nothing delivered into the new window yet"
     return None
 
 
@@ -146,15 +162,31 @@ class Rule(NamedTuple):
 TRANSITIONS: tuple[Rule, ...] = (
     Rule("attach", (State.BOOTSTRAPPING,), State.TRANSFERRING),
     Rule("resume", (State.TRANSFERRING,), State.RESUMING, (resume_is_due,)),
-    Rule("deliver", (State.RESUMING,), State.TRANSFERRING, (delivered_into_window,)),
-    Rule("complete", (State.TRANSFERRING, State.RESUMING), State.SUCCESS, (all_tokens_sent,)),
+    Rule("deliver", (State.RESUMING,), State.TRANSFERRING),
+    Rule("complete", (State.TRANSFERRING,), State.SUCCESS, (all_tokens_sent,)),
     Rule("fail", LIVE, State.FAILED),
 )
 
 
+# What each state means, for the reason given when an event has no row from it.
+MEANING = {
+    State.BOOTSTRAPPING: "no sender has attached yet",
+    State.TRANSFERRING: "the sender is writing into the current window",
+    State.RESUMING: "the last resume's window has received no rows yet",
+    State.SUCCESS: "every token was delivered; it is finished",
+    State.FAILED: "it failed; it is finished",
+}
+
+
 def _condition(guard: Guard) -> Callable[[EventData], bool]:
     def check(event: EventData) -> bool:
-        return guard(event.model, **event.kwargs) is None
+        kwargs = dict(event.kwargs)
+        why: list[str] = kwargs.pop("_why")
+        reason = guard(event.model, **kwargs)
+        if reason is None:
+            return True
+        why.append(reason)
+        return False
 
     check.__name__ = guard.__name__
     return check
@@ -178,15 +210,29 @@ MACHINE = Machine(
 
 
 class IllegalTransition(Exception):
-    """An event was fired from a state the table has no row for: a bug in the caller."""
+    """An event the caller knew must happen was refused: a bug in the caller."""
 
 
 _EVENTS = {name: MACHINE.events[name] for name in {r.event for r in TRANSITIONS}}
+_SOURCES = {name: tuple(s for r in TRANSITIONS if r.event == name for s in r.sources)
+            for name in _EVENTS}
 
 
-def fire(event: str, t: Transfer, **kwargs: int) -> bool:
-    """Fire ``event`` on ``t``. False when a guard refused (nothing changed)."""
+def fire(event: str, t: Transfer, **kwargs: int) -> str | None:
+    """Fire ``event`` on ``t``: None when it happened, else why not (nothing changed)."""
+    why: list[str] = []
     try:
-        return bool(_EVENTS[event].trigger(t, **kwargs))
-    except MachineError as e:  # no row for this event from t's state
-        raise IllegalTransition(f"{event!r} is not allowed from {t.state.name}") from e
+        if _EVENTS[event].trigger(t, _why=why, **kwargs):
+            return None
+    except MachineError:  # no row for this event from t's state
+        allowed = " or ".join(s.name for s in _SOURCES[event])
+        return (f"{event} is allowed only in {allowed}, and the transfer is {t.state.name} "
+                f"({MEANING[t.state]})")
+    return why[0]
+
+
+def must_fire(event: str, t: Transfer, **kwargs: int) -> None:
+    """Fire an event the caller has already established is due; a refusal is a bug."""
+    why = fire(event, t, **kwargs)
+    if why is not None:
+        raise IllegalTransition(f"{event} refused: {why}")

@@ -48,6 +48,30 @@ def test_double_free_and_foreign_blocks_are_refused_without_change() -> None:
     assert a.free_count == 3
 
 
+def test_a_list_that_is_not_one_allocation_is_refused_without_change() -> None:
+    a = BlockAllocator(8)
+    x, y = a.alloc(2), a.alloc(2)
+    for bad in ([x[0], y[0]], x[:1], [*x, *y], [x[1], x[0]]):
+        with pytest.raises(AllocatorError, match="not one allocation"):
+            a.free(bad)
+    assert a.free_count == 4 and a.used_count == 4
+    a.free(x)
+    a.free(y)
+    assert a.free_count == 8 and a.used_count == 0
+
+
+def test_shrink_gives_back_the_tail_and_keeps_the_head() -> None:
+    a = BlockAllocator(8)
+    blocks = a.alloc(5)
+    kept = a.shrink(blocks, 2)
+    assert kept == blocks[:2] and a.free_count == 6 and a.used_count == 2
+    assert not a.is_used(blocks[4]) and a.is_used(blocks[1])
+    with pytest.raises(AllocatorError):
+        a.free(blocks)  # the old, longer allocation is gone
+    a.free(kept)
+    assert a.free_count == 8
+
+
 def test_bad_sizes() -> None:
     with pytest.raises(ValueError):
         BlockAllocator(0)

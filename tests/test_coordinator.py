@@ -5,8 +5,20 @@ from __future__ import annotations
 import pytest
 
 from kvferry.statemachine import (
-    Aborted, AlreadyExists, Coordinator, FailedPrecondition, InvalidArgument, Limits, Listener,
-    NotFound, OutOfRange, Outcome, ResourceExhausted, State, Transfer, Unavailable,
+    Aborted,
+    AlreadyExists,
+    Coordinator,
+    FailedPrecondition,
+    InvalidArgument,
+    Limits,
+    Listener,
+    NotFound,
+    Outcome,
+    OutOfRange,
+    ResourceExhausted,
+    State,
+    Transfer,
+    Unavailable,
 )
 
 BT = 8  # block tokens
@@ -119,7 +131,7 @@ def test_open_without_free_blocks_is_resource_exhausted() -> None:
 
 def test_open_while_draining_is_unavailable() -> None:
     c, _ = make()
-    c.draining = True
+    c.drain()
     with pytest.raises(Unavailable):
         c.open("a", 8, now=0)
 
@@ -289,7 +301,7 @@ def test_resume_terminal_without_duplicate_is_failed_precondition() -> None:
 def test_resume_before_the_window_is_full() -> None:
     c, _ = make()
     c.open("a", 16, now=0)
-    with pytest.raises(FailedPrecondition, match="not full"):
+    with pytest.raises(FailedPrecondition, match="BOOTSTRAPPING \\(no sender has attached yet\\)"):
         c.resume("a", 0, 0, now=0)
     c.attach("a", 40, b"", now=0)
     push(c, "a", 0, 10)
@@ -310,7 +322,8 @@ def test_resume_ahead_while_resuming_is_refused() -> None:
     c, _ = make()
     fill_first_window(c)
     c.resume("a", 16, 0, now=0)
-    with pytest.raises(FailedPrecondition, match="sent_tokens=32"):
+    with pytest.raises(FailedPrecondition, match="only in TRANSFERRING, and the transfer is RESUMING "
+                       "\\(the last resume's window has received no rows yet\\)"):
         c.resume("a", 32, 0, now=0)
 
 
@@ -424,7 +437,7 @@ def test_read_segments_of_failed_is_refused() -> None:
 # -- the clock -----------------------------------------------------------------------------------
 
 def test_bootstrap_timeout() -> None:
-    c, rec = make(bootstrap=10, stall=20)
+    c, _rec = make(bootstrap=10, stall=20)
     c.open("a", 8, now=0)
     c.expire(9.9)
     assert c.get("a").state is State.BOOTSTRAPPING
@@ -510,7 +523,7 @@ def test_fail_all_for_shutdown() -> None:
 
 
 def test_receiver_lease_expires_without_receiver_calls() -> None:
-    c, rec = make(lease=5, stall=100)
+    c, _rec = make(lease=5, stall=100)
     c.open("a", 16, now=0)
     c.attach("a", 64, b"", now=0)
     for now in (1, 2, 3, 4):

@@ -3,7 +3,14 @@
 import pytest
 
 from kvferry.statemachine import (
-    LIVE, TERMINAL, TRANSITIONS, IllegalTransition, State, Transfer, fire,
+    LIVE,
+    TERMINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    State,
+    Transfer,
+    fire,
+    must_fire,
 )
 
 
@@ -32,52 +39,50 @@ def test_table_shape() -> None:
 
 def test_attach() -> None:
     t = make()
-    assert fire("attach", t)
+    assert fire("attach", t) is None
     assert t.state is State.TRANSFERRING
 
 
 def test_resume_needs_a_full_window_and_matching_sent_tokens() -> None:
     t = make(State.TRANSFERRING, sent=5)
-    assert not fire("resume", t, sent_tokens=5)  # window not full
+    assert "not full yet (5 of 8" in str(fire("resume", t, sent_tokens=5))
     assert t.state is State.TRANSFERRING
     t.sent_tokens = 8
-    assert not fire("resume", t, sent_tokens=7)  # not what was delivered
-    assert not fire("resume", t, sent_tokens=9)
-    assert fire("resume", t, sent_tokens=8)
+    for other in (7, 9):
+        assert f"sent_tokens={other} but the transfer has delivered 8" in str(
+            fire("resume", t, sent_tokens=other))
+    assert fire("resume", t, sent_tokens=8) is None
     assert t.state is State.RESUMING
 
 
 def test_resume_refused_when_everything_was_sent() -> None:
     t = make(State.TRANSFERRING, total=8, sent=8)
-    assert not fire("resume", t, sent_tokens=8)
+    assert fire("resume", t, sent_tokens=8) == "every token is delivered; nothing to resume"
 
 
-def test_deliver_needs_rows_in_the_new_window() -> None:
-    t = make(State.RESUMING, sent=8, window_start=8)
-    assert not fire("deliver", t)
-    t.sent_tokens = 9
-    assert fire("deliver", t)
+def test_deliver() -> None:
+    t = make(State.RESUMING, sent=9, window_start=8)
+    assert fire("deliver", t) is None
     assert t.state is State.TRANSFERRING
 
 
-@pytest.mark.parametrize("state", [State.TRANSFERRING, State.RESUMING])
-def test_complete_only_when_all_tokens_sent(state: State) -> None:
-    t = make(state, total=10, sent=9, window_start=8)
-    assert not fire("complete", t)
+def test_complete_only_when_all_tokens_sent() -> None:
+    t = make(State.TRANSFERRING, total=10, sent=9, window_start=8)
+    assert fire("complete", t) == "9 of 10 tokens delivered"
     t.sent_tokens = 10
-    assert fire("complete", t)
+    assert fire("complete", t) is None
     assert t.state is State.SUCCESS
 
 
 def test_complete_with_unknown_total_is_refused() -> None:
     t = make(State.TRANSFERRING, total=0, sent=0)
-    assert not fire("complete", t)
+    assert fire("complete", t) == "0 of ? tokens delivered"
 
 
 @pytest.mark.parametrize("state", LIVE)
 def test_fail_from_every_live_state(state: State) -> None:
     t = make(state)
-    assert fire("fail", t)
+    assert fire("fail", t) is None
     assert t.state is State.FAILED
 
 
@@ -85,13 +90,20 @@ def test_fail_from_every_live_state(state: State) -> None:
 @pytest.mark.parametrize("event", ["attach", "resume", "deliver", "complete", "fail"])
 def test_terminal_states_are_never_left(state: State, event: str) -> None:
     t = make(state, sent=8)
-    with pytest.raises(IllegalTransition):
-        fire(event, t, **({"sent_tokens": 8} if event == "resume" else {}))
+    why = fire(event, t, **({"sent_tokens": 8} if event == "resume" else {}))
+    assert why is not None and f"the transfer is {state.name}" in why
     assert t.state is state
 
 
-def test_events_from_states_without_a_row_are_bugs() -> None:
-    with pytest.raises(IllegalTransition):
-        fire("resume", make(State.BOOTSTRAPPING), sent_tokens=0)
-    with pytest.raises(IllegalTransition):
-        fire("attach", make(State.TRANSFERRING))
+def test_an_event_without_a_row_names_the_states_it_is_allowed_in() -> None:
+    t = make(State.BOOTSTRAPPING)
+    assert fire("resume", t, sent_tokens=0) == (
+        "resume is allowed only in TRANSFERRING, and the transfer is BOOTSTRAPPING "
+        "(no sender has attached yet)")
+    assert "fail" not in str(fire("deliver", t))  # the reason is the event's own
+    assert t.state is State.BOOTSTRAPPING
+
+
+def test_must_fire_turns_a_refusal_into_a_bug() -> None:
+    with pytest.raises(IllegalTransition, match="attach refused: attach is allowed only in BOOTSTRAPPING"):
+        must_fire("attach", make(State.TRANSFERRING))
