@@ -16,7 +16,8 @@ COPY protos/ protos/
 COPY statemachine/ statemachine/
 COPY server/ server/
 COPY client/ client/
-RUN /opt/kvferry/bin/pip install .
+COPY testing/ testing/
+RUN /opt/kvferry/bin/pip install ".[server,console,cuda]"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 kvferry && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin kvferry

@@ -1,24 +1,28 @@
 # Two entry points do everything on a fresh machine:
 #   make serve  - install kvferry into .venv and serve on a CPU pool
-#   make test   - install what the tests need (Debian packages included) and run them
+#   make test   - install what the tests need (Debian packages included), lint, type-check, run them
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 SERVE_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# pytest workers: the suite is mostly waiting on server processes, so two share two cores well.
+PYTEST_WORKERS ?= 2
+# mypy sees the kvferry.* names through links laid out as the package-dir mapping installs them.
+TYPECHECK := build/typecheck
 
-.PHONY: install test-deps serve test protos clean
+.PHONY: install test-deps serve test lint protos clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+# A CPU pool needs no torch: the server and the status console only.
 install: $(PY)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[server,console]'
 
 # Debian's prometheus package brings prometheus and promtool for the metrics tests.
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 test-deps: $(PY)
 	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
@@ -28,12 +32,19 @@ test-deps: $(PY)
 serve: install
 	$(VENV)/bin/kvferry serve $(SERVE_ARGS)
 
-test: test-deps
-	$(PY) -m pytest
+lint: test-deps
+	$(VENV)/bin/ruff check .
+	mkdir -p $(TYPECHECK)/kvferry
+	for p in statemachine server client testing; do ln -sfn ../../../$$p $(TYPECHECK)/kvferry/$$p; done
+	ln -sfn ../../../protos/kvferry/v1 $(TYPECHECK)/kvferry/v1
+	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy -p kvferry -p bench
+
+test: test-deps lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
 protos: test-deps
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
 		--grpc_python_out=protos protos/kvferry/v1/transfer.proto
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache

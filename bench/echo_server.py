@@ -20,9 +20,8 @@ import sys
 import grpc
 import numpy as np
 
+from kvferry.client.limits import MESSAGE_BUDGET as READ_MESSAGE_BUDGET
 from kvferry.v1 import transfer_pb2 as pb
-
-READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
 
 
 async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
@@ -37,7 +36,7 @@ async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
     async def raw_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return raw_reply
 
-    async def sink(requests, context):  # type: ignore[no-untyped-def]
+    async def sink(requests, context):
         offset = 0
         async for msg in requests:
             n = len(msg)
@@ -46,11 +45,11 @@ async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
             offset = end % buffer_bytes
         return raw_reply
 
-    async def source(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def source(request: bytes, context: grpc.aio.ServicerContext):
         size = int.from_bytes(request[:8], "little") if len(request) >= 8 else buffer_bytes
         size = min(size, buffer_bytes)
         for off in range(0, size, chunk):
-            yield bytes(memoryview(buffer)[off:min(off + chunk, size)])
+            yield buffer[off:min(off + chunk, size)].tobytes()
 
     device_buffer = None
     if cuda:
@@ -60,8 +59,9 @@ async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
         device_buffer = torch.empty(buffer_bytes, dtype=torch.uint8, device="cuda:0")
         stream = torch.cuda.Stream()
 
-    async def sink_cuda(requests, context):  # type: ignore[no-untyped-def]
+    async def sink_cuda(requests, context):
         """gRPC streaming + pinned host-to-device copy of each message: the CUDA baseline."""
+        assert device_buffer is not None
         offset = 0
         async for msg in requests:
             n = len(msg)

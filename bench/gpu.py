@@ -30,7 +30,7 @@ from bench.report import Figure, print_report, ratio_target, run_plan, to_json
 from kvferry.v1 import transfer_pb2 as pb
 
 
-def events_ms(fn, repeat: int, warmup: int = 3) -> float:  # type: ignore[no-untyped-def]
+def events_ms(fn, repeat: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()

@@ -6,20 +6,22 @@ alike, so the ratios compare the servers."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 import numpy as np
 
 from bench.procs import echo_server, kvferry_server
 from bench.report import Figure, median, p, ratio_target
+from kvferry.client.limits import MESSAGE_BUDGET
 from kvferry.v1 import transfer_pb2 as pb
 
 SVC = "/kvferry.v1.TransferService/"
 OPTS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024)]
-CHUNK = 4 * 1024 * 1024 - 1024
+CHUNK = MESSAGE_BUDGET
 
 
 async def closed_loop(call: Callable[[], Awaitable[object]], seconds: float,
@@ -110,8 +112,8 @@ def control_plane(rounds: int, seconds: float, inflight: int = 64) -> list[Figur
             bare.append(asyncio.run(run(echo, "/echo.Echo/RawUnary", poll)))
     rps = median([r for r, _ in ours]), median([r for r, _ in base])
     raw = median([r for r, _ in bare])
-    p50 = median([p(l, 0.5) for _, l in ours]), median([p(l, 0.5) for _, l in base])
-    p99 = median([p(l, 0.99) for _, l in ours]), median([p(l, 0.99) for _, l in base])
+    p50 = median([p(lat, 0.5) for _, lat in ours]), median([p(lat, 0.5) for _, lat in base])
+    p99 = median([p(lat, 0.99) for _, lat in ours]), median([p(lat, 0.99) for _, lat in base])
     return [
         ratio_target("poll throughput, 64 in flight", "rpc/s", *rps, ">=", 0.85,
                      f"baseline: protobuf echo servicer; vs raw-bytes gRPC (no codec, "
@@ -151,7 +153,7 @@ def resume_path(rounds: int, windows: int, ranks: int = 3) -> list[Figure]:
                     await push(iter([pb.PushRequest(transfer_id=tid, total_tokens=total, start_token=start,
                                                     rows=bytes(window * row)).SerializeToString()]))
                     req = pb.ResumeRequest(transfer_id=tid, sent_tokens=start + window).SerializeToString()
-                    await three(lambda: resume(req), lat)
+                    await three(functools.partial(resume, req), lat)
                 await ch.unary_unary(SVC + "Abort")(pb.AbortRequest(transfer_id=tid).SerializeToString())
                 await ch.unary_unary(SVC + "Release")(pb.ReleaseRequest(transfer_id=tid).SerializeToString())
             return lat
@@ -261,8 +263,9 @@ def cost_growth(window_tokens: int, window_counts: tuple[int, ...], live_counts:
         async def hold(n: int, start: int) -> None:
             async with grpc.aio.insecure_channel(srv.target) as ch:
                 call = ch.unary_unary(SVC + "Open")
-                await asyncio.gather(*[call(pb.OpenRequest(transfer_id=f"live-{i}", window_tokens=1).SerializeToString())
-                                       for i in range(start, n)])
+                await asyncio.gather(*[
+                    call(pb.OpenRequest(transfer_id=f"live-{i}", window_tokens=1).SerializeToString())
+                    for i in range(start, n)])
 
         rss: dict[int, int] = {}
         base_rss = srv.rss_bytes()

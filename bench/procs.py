@@ -6,9 +6,10 @@ import contextlib
 import json
 import subprocess
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from kvferry.server.launcher import ServerProcess, launch
+from kvferry.testing import ServerProcess, launch
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 
 @dataclass
@@ -50,7 +50,7 @@ def table(figures: list[Figure]) -> str:
                      "-" if f.baseline is None else f"{f.baseline:,.4g} {f.unit}",
                      "-" if f.ratio is None else f"{f.ratio:.3f}", f.target, "yes" if f.met else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 

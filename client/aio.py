@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
+from kvferry.client.limits import MESSAGE_BUDGET
 from kvferry.client.rows import as_row_bytes
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -18,8 +20,8 @@ from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from kvferry.client.cuda_ipc import MappedPool
 
-# Stay inside gRPC's default 4 MiB message limit, whatever the server accepts.
-DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024 - 1024
+# Push messages stay inside gRPC's default 4 MiB limit, whatever the server accepts.
+DEFAULT_CHUNK_BYTES = MESSAGE_BUDGET
 
 # Calls that are safe to repeat are retried by gRPC itself on UNAVAILABLE. Resume is among them:
 # a repeat of an applied resume is answered as a duplicate, which is the point of the guard.
@@ -82,7 +84,7 @@ class AsyncClient:
         self._md = tuple(call_metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
         self._pool: asyncio.Future[pb.PoolInfo] | None = None
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -113,7 +115,7 @@ class AsyncClient:
     async def stats(self) -> pb.StatsResponse:
         return await self.stub.Stats(pb.StatsRequest(), metadata=self._md)
 
-    async def list_transfers(self, states: Sequence[int] = (), page_size: int = 100,
+    async def list_transfers(self, states: Sequence[pb.TransferState] = (), page_size: int = 100,
                              limit: int | None = None) -> list[pb.TransferSummary]:
         """Held transfers, oldest first, following pages up to ``limit``."""
         out: list[pb.TransferSummary] = []
@@ -129,7 +131,7 @@ class AsyncClient:
     async def export_pool(self) -> pb.ExportPoolResponse:
         return await self.stub.ExportPool(pb.ExportPoolRequest(), metadata=self._md)
 
-    async def map_pool(self) -> "MappedPool":
+    async def map_pool(self) -> MappedPool:
         """The server's CUDA pool mapped into this process (same host only): see
         ``kvferry.client.cuda_ipc`` for the rules. Needs torch with CUDA."""
         from kvferry.client.cuda_ipc import MappedPool
@@ -173,7 +175,7 @@ class AsyncClient:
 
     async def receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
                       release: bool = True, wait_open: float = 30.0,
-                      check_metadata: Callable[[bytes], None] | None = None) -> AsyncIterator[Window]:
+                      check_metadata: Callable[[bytes], None] | None = None) -> AsyncGenerator[Window, None]:
         """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
         The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this

@@ -16,25 +16,64 @@ The rules:
 - Rows are visible once Poll/Watch counts them: the server counts a row delivered only after its
   copy into the pool has completed.
 - A CPU pool cannot be mapped (ExportPool answers FAILED_PRECONDITION): use Read.
+
+This module is also where the server describes its pool (``share_cuda_tensor``): torch's CUDA IPC
+tuple is read and rebuilt here only, by parameter name, and refused with a clear error if a torch
+version lays it out differently from the one this was written for.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from kvferry.client.host import host_id
 from kvferry.v1 import transfer_pb2 as pb
+
+if TYPE_CHECKING:
+    import torch
+
+# The parameters of torch.multiprocessing.reductions.rebuild_cuda_tensor, which reduce_tensor's
+# tuple fills in this order (torch 2.4 through 2.13). Checked at use: a torch that changes them
+# gets IpcUnavailable naming the difference, never a tensor rebuilt from misread fields.
+IPC_FIELDS = (
+    "tensor_cls", "tensor_size", "tensor_stride", "tensor_offset", "storage_cls", "dtype",
+    "storage_device", "storage_handle", "storage_size_bytes", "storage_offset_bytes",
+    "requires_grad", "ref_counter_handle", "ref_counter_offset", "event_handle",
+    "event_sync_required",
+)
 
 
 class IpcUnavailable(RuntimeError):
     """CUDA IPC cannot work from this process; the message says why."""
 
 
-def local_host_id() -> str:
-    from kvferry.server.pool import host_id
+def _check_torch_layout() -> None:
+    import torch
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
-    return host_id()
+    found = tuple(inspect.signature(rebuild_cuda_tensor).parameters)
+    if found != IPC_FIELDS:
+        raise IpcUnavailable(f"torch {torch.__version__} lays out CUDA IPC handles as {found}; "
+                             f"kvferry was written for {IPC_FIELDS} (torch 2.4-2.13)")
+
+
+def share_cuda_tensor(tensor: torch.Tensor) -> pb.ExportPoolResponse:
+    """The fields of ExportPoolResponse for a pool tensor [num_blocks, block_tokens, row_bytes]."""
+    import torch
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    _check_torch_layout()
+    _, args = reduce_tensor(tensor)
+    f = dict(zip(IPC_FIELDS, args, strict=False))
+    num_blocks, block_tokens, row_bytes = tensor.shape
+    return pb.ExportPoolResponse(
+        host_id=host_id(), gpu_uuid=str(torch.cuda.get_device_properties(f["storage_device"]).uuid),
+        device=str(tensor.device), ipc_handle=f["storage_handle"],
+        storage_size_bytes=f["storage_size_bytes"], storage_offset_bytes=f["storage_offset_bytes"],
+        ref_counter_handle=f["ref_counter_handle"], ref_counter_offset=f["ref_counter_offset"],
+        event_handle=f["event_handle"] or b"", event_sync_required=bool(f["event_sync_required"]),
+        num_blocks=num_blocks, block_tokens=block_tokens, row_bytes=row_bytes)
 
 
 def pick_device(export: pb.ExportPoolResponse, host: str, visible_uuids: list[str]) -> int:
@@ -53,19 +92,27 @@ class MappedPool:
     """The server's pool tensor [num_blocks, block_tokens, row_bytes], mapped into this process."""
 
     def __init__(self, export: pb.ExportPoolResponse) -> None:
-        if not torch.cuda.is_available():
-            raise IpcUnavailable("CUDA is not available in this process")
-        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-        device = pick_device(export, local_host_id(), uuids)
+        import torch
         from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
+        if not torch.cuda.is_available():
+            raise IpcUnavailable("CUDA is not available in this process")
+        _check_torch_layout()
+        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+        device = pick_device(export, host_id(), uuids)
         shape = (export.num_blocks, export.block_tokens, export.row_bytes)
-        stride = (export.block_tokens * export.row_bytes, export.row_bytes, 1)
-        self.tensor: torch.Tensor = rebuild_cuda_tensor(
-            torch.Tensor, torch.Size(shape), stride, 0, torch.UntypedStorage, torch.uint8, device,
-            export.ipc_handle, export.storage_size_bytes, export.storage_offset_bytes, False,
-            export.ref_counter_handle, export.ref_counter_offset, export.event_handle or None,
-            export.event_sync_required)
+        self.tensor: torch.Tensor = rebuild_cuda_tensor(**{
+            "tensor_cls": torch.Tensor, "tensor_size": torch.Size(shape),
+            "tensor_stride": (export.block_tokens * export.row_bytes, export.row_bytes, 1),
+            "tensor_offset": 0, "storage_cls": torch.UntypedStorage, "dtype": torch.uint8,
+            "storage_device": device, "storage_handle": export.ipc_handle,
+            "storage_size_bytes": export.storage_size_bytes,
+            "storage_offset_bytes": export.storage_offset_bytes, "requires_grad": False,
+            "ref_counter_handle": export.ref_counter_handle,
+            "ref_counter_offset": export.ref_counter_offset,
+            "event_handle": export.event_handle or None,
+            "event_sync_required": export.event_sync_required,
+        })
         self.block_tokens = export.block_tokens
         self.row_bytes = export.row_bytes
 

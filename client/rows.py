@@ -30,7 +30,7 @@ def as_row_bytes(rows: Any, row_bytes: int) -> memoryview:
         if a.ndim >= 2 and a[0].nbytes != row_bytes:
             raise ValueError(f"each token of the array is {a[0].nbytes} bytes but the server's "
                              f"row_bytes is {row_bytes}")
-        view = memoryview(a.reshape(-1).view(np.uint8))
+        view = a.reshape(-1).view(np.uint8).data
     if len(view) % row_bytes:
         raise ValueError(f"{len(view)} bytes is not a whole number of {row_bytes}-byte rows")
     return view

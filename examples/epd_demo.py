@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = EpdLayout(args.hidden)
     server = None
     if not args.target:
-        from kvferry.server.launcher import launch
+        from kvferry.testing import launch
 
         server = launch({"row_bytes": layout.row_bytes, "block_tokens": 256,
                          "num_blocks": 2 * -(-args.window // 256), "default_window_tokens": args.window})

@@ -2,6 +2,7 @@ import os
 import threading
 
 import numpy as np
+
 from kvferry.client import Client
 
 target = os.environ.get("KVFERRY_TARGET", "localhost:50051")

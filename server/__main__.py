@@ -1,4 +1,5 @@
-from kvferry.server.cli import main
 import sys
+
+from kvferry.server.cli import main
 
 sys.exit(main())

@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
-from typing import Any, Coroutine
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,13 +22,14 @@ from kvferry.server.auth import BearerToken
 from kvferry.server.config import ServerConfig, parse_faults
 from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
-from kvferry.server.pipeline import Pipeline
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
-from kvferry.server.pool import BlockPool
+from kvferry.server.pipeline import Pipeline
 from kvferry.server.service import TransferService
-from kvferry.statemachine import LIVE, Coordinator, Outcome
+from kvferry.server.status_cache import StatusCache
+from kvferry.server.storage import open_storage
+from kvferry.statemachine import Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
@@ -71,14 +73,14 @@ class Server:
             return
         self._stopping.set()
         self.listener.timer_wakeup.set()
-        self.coord.draining = True
+        self.coord.drain()
         # Readiness ("" and the service) goes NOT_SERVING so no new work comes; liveness stays
         # SERVING so the kubelet does not restart a pod that is draining on purpose.
         for name in READINESS_SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = self.config.shutdown_grace
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(self.coord.state_counts[s] for s in LIVE):
+        while time.monotonic() < deadline and self.coord.live_count:
             await asyncio.sleep(0.05)
         left = self.coord.fail_all(Outcome.SHUTDOWN, "shutdown: the server stopped before the "
                                    "transfer finished", time.monotonic())
@@ -89,11 +91,12 @@ class Server:
 
 
 async def start(config: ServerConfig) -> Server:
-    pool = BlockPool(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
-                     config.max_message_bytes)
+    storage = open_storage(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
+                           config.max_message_bytes)
     registry = CollectorRegistry()
     notifier = ChangeNotifier()
-    listener = ShellListener(notifier, TransferHistograms(registry))
+    statuses = StatusCache()
+    listener = ShellListener(notifier, TransferHistograms(registry), statuses)
     coord = Coordinator(config.limits(), listener)
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 
@@ -113,7 +116,7 @@ async def start(config: ServerConfig) -> Server:
         ("grpc.server.max_pending_requests_hard_limit", 8 * config.max_streams),
     ])
     pipeline.install(server, pb_grpc.add_TransferServiceServicer_to_server,
-                     TransferService(config, coord, pool, notifier),
+                     TransferService(config, coord, storage, notifier, statuses),
                      decoders=TransferService.DECODERS, raw_responses=TransferService.RAW_RESPONSES)
     health_servicer = health.aio.HealthServicer()
     pipeline.install(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         from kvferry.server.app import run
-        from kvferry.server.pool import PoolUnavailable
+        from kvferry.server.storage import PoolUnavailable
         try:
             cfg = config_mod.from_namespace(args)
         except ValueError as e:
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 def _console(args: argparse.Namespace) -> int:
     import grpc
 
-    from kvferry.client import Client
-    from kvferry.client import console
+    from kvferry.client import Client, console
 
     def read(path: str) -> bytes | None:
         if not path:

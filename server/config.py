@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from kvferry.client.limits import MESSAGE_BUDGET
 from kvferry.statemachine import Limits
 
 if TYPE_CHECKING:
     import grpc
 
-# A Read message carries whole rows within gRPC's default 4 MiB receive limit; this is the headroom
-# left for the message's own framing (field tags and lengths).
-READ_MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
+# A Read message carries whole rows within gRPC's default 4 MiB receive limit.
+READ_MESSAGE_BUDGET = MESSAGE_BUDGET
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ServerConfig:
             raise ValueError(f"auth_token_file {self.auth_token_file} is empty")
         return token
 
-    def server_credentials(self) -> "grpc.ServerCredentials | None":
+    def server_credentials(self) -> grpc.ServerCredentials | None:
         if not self.tls_cert:
             return None
         import grpc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -49,7 +49,7 @@ class MethodMetrics:
     """One method's counts as plain ints, bumped by the event loop's single thread with no lock
     (prometheus_client takes a lock per inc); the scrape thread only reads them."""
 
-    __slots__ = ("labels", "started", "received", "sent", "handled", "buckets", "count", "total")
+    __slots__ = ("buckets", "count", "handled", "labels", "received", "sent", "started", "total")
 
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
@@ -83,7 +83,7 @@ class GrpcServerMetrics(Collector):
                                       labels=names)
         handled = CounterMetricFamily("grpc_server_handled", "RPCs completed on the server, "
                                       "regardless of success or failure.",
-                                      labels=names + ["grpc_code"])
+                                      labels=[*names, "grpc_code"])
         received = CounterMetricFamily("grpc_server_msg_received", "RPC stream messages "
                                        "received on the server.", labels=names)
         sent = CounterMetricFamily("grpc_server_msg_sent", "gRPC stream messages sent on the "
@@ -97,9 +97,9 @@ class GrpcServerMetrics(Collector):
             received.add_metric(labels, mm.received)
             sent.add_metric(labels, mm.sent)
             for code, n in list(mm.handled.items()):
-                handled.add_metric(labels + [GO_CODES[code]], n)
+                handled.add_metric([*labels, GO_CODES[code]], n)
             cumulative, acc = [], 0
-            for bound, n in zip((*map(str, BUCKETS), "+Inf"), list(mm.buckets)):
+            for bound, n in zip((*map(str, BUCKETS), "+Inf"), list(mm.buckets), strict=False):
                 acc += n
                 cumulative.append((bound, acc))
             seconds.add_metric(labels, cumulative, mm.total)

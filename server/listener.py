@@ -6,13 +6,16 @@ import asyncio
 
 from kvferry.server.metrics import TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
+from kvferry.server.status_cache import StatusCache
 from kvferry.statemachine import Listener, Transfer
 
 
 class ShellListener(Listener):
-    def __init__(self, notifier: ChangeNotifier, histograms: TransferHistograms) -> None:
+    def __init__(self, notifier: ChangeNotifier, histograms: TransferHistograms,
+                 statuses: StatusCache) -> None:
         self.notifier = notifier
         self.histograms = histograms
+        self.statuses = statuses
         self.timer_wakeup = asyncio.Event()  # the timer task sleeps until the next deadline
 
     def deadline_sooner(self, deadline: float) -> None:
@@ -28,4 +31,5 @@ class ShellListener(Listener):
         self.histograms.finished(t)
 
     def released(self, t: Transfer, by: str) -> None:
+        self.statuses.forget(t)
         self.notifier.notify(t.transfer_id)

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, ClassVar
 
 from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
 from kvferry.server.notifier import ChangeNotifier
-from kvferry.server.pool import BlockPool, Landing, PoolUnavailable
+from kvferry.server.status_cache import StatusCache, status_of, wire_state
+from kvferry.server.storage import BlockStorage, Landing, PoolUnavailable
 from kvferry.server.wire import PushMessage, decode_push, encode_read_response
 from kvferry.statemachine import (
-    Aborted, Coordinator, FailedPrecondition, InvalidArgument, NotFound, Outcome,
-    ResourceExhausted, State, Transfer,
+    Aborted,
+    Coordinator,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Outcome,
+    ResourceExhausted,
+    State,
+    Transfer,
 )
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -21,39 +30,18 @@ from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 _STATE_VALUES = {s.value for s in State}
 
 
-def status_of(t: Transfer) -> pb.TransferStatus:
-    return pb.TransferStatus(
-        transfer_id=t.transfer_id, state=t.state.value, total_tokens=t.total_tokens,
-        sent_tokens=t.sent_tokens, window_start_token=t.window_start_token,
-        window_tokens=t.window_tokens, window_filled_tokens=t.window_filled_tokens,
-        block_indices=t.blocks, resume_count=t.resume_count, failure_reason=t.failure_reason,
-        metadata=t.metadata, last_resume_sent_tokens=t.last_resume_sent_tokens,
-        waiting_for_blocks=t.waiting_for_blocks,
-    )
-
-
-def status_bytes(t: Transfer) -> bytes:
-    """``status_of(t)`` serialized, memoized per version: Polls and Watches of an unchanged
-    transfer cost a lookup."""
-    cached = t.shell_cache
-    if cached is not None and cached[0] == t.version:  # type: ignore[index]
-        return cached[1]  # type: ignore[index]
-    data = status_of(t).SerializeToString()
-    t.shell_cache = (t.version, data)
-    return data
-
-
 class TransferService(pb_grpc.TransferServiceServicer):
     # Methods whose handler takes a pre-decoded request, or returns serialized bytes.
-    DECODERS = {"Push": decode_push}
+    DECODERS: ClassVar[dict[str, Callable[[bytes], Any]]] = {"Push": decode_push}
     RAW_RESPONSES = frozenset({"Read", "Poll", "Watch"})
 
-    def __init__(self, config: ServerConfig, coord: Coordinator, pool: BlockPool,
-                 notifier: ChangeNotifier) -> None:
+    def __init__(self, config: ServerConfig, coord: Coordinator, storage: BlockStorage,
+                 notifier: ChangeNotifier, statuses: StatusCache) -> None:
         self.config = config
         self.coord = coord
-        self.pool = pool
+        self.storage = storage
         self.notifier = notifier
+        self.statuses = statuses
         self.row_bytes = config.row_bytes
         self.read_rows = max(1, READ_MESSAGE_BUDGET // config.row_bytes)
         self.clock = time.monotonic
@@ -79,7 +67,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         c, totals = self.coord, self.coord.totals
         return pb.StatsResponse(
             pool=self._pool_info(),
-            transfers=[pb.StateCount(state=s.value, count=n) for s, n in c.state_counts.items()],
+            transfers=[pb.StateCount(state=wire_state(s), count=n) for s, n in c.state_counts.items()],
             resumes_waiting=c.resumes_waiting, resumes_applied=totals.resumes_applied,
             resume_duplicates=sum(totals.duplicates.values()),
             transfers_started=totals.started, tokens_received=totals.tokens_received,
@@ -99,19 +87,11 @@ class TransferService(pb_grpc.TransferServiceServicer):
             raise InvalidArgument(f"states {list(request.states)}: name real states, not "
                                   f"UNSPECIFIED")
         now = self.clock()
-        out: list[pb.TransferSummary] = []
-        # Held transfers iterate in opening order (dicts keep insertion order): oldest first.
-        last_seq = after
-        for t in self.coord.transfers.values():
-            if t.seq <= after or (states and t.state not in states):
-                continue
-            if len(out) == size:
-                return pb.ListResponse(transfers=out, next_page_token=str(last_seq))
-            out.append(pb.TransferSummary(status=status_of(t), age_seconds=now - t.opened_at,
-                                          idle_seconds=now - t.last_progress_at,
-                                          outcome=t.outcome))
-            last_seq = t.seq
-        return pb.ListResponse(transfers=out)
+        held, more = self.coord.list_transfers(after, frozenset(states), size)
+        out = [pb.TransferSummary(status=status_of(t), age_seconds=now - t.opened_at,
+                                  idle_seconds=now - t.last_progress_at, outcome=t.outcome)
+               for t in held]
+        return pb.ListResponse(transfers=out, next_page_token=str(held[-1].seq) if more else "")
 
     def _pool_info(self) -> pb.PoolInfo:
         c = self.coord
@@ -126,7 +106,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         return pb.OpenResponse(status=status_of(t))
 
     async def Poll(self, request: pb.PollRequest, context: Any) -> bytes:
-        return status_bytes(self.coord.observe(request.transfer_id, self.clock()))
+        return self.statuses.bytes_of(self.coord.observe(request.transfer_id, self.clock()))
 
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
         r = self.coord.resume(request.transfer_id, request.sent_tokens, request.window_tokens,
@@ -142,7 +122,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     async def ExportPool(self, request: pb.ExportPoolRequest, context: Any) -> pb.ExportPoolResponse:
         try:
-            return pb.ExportPoolResponse(**self.pool.export())
+            return self.storage.export()
         except PoolUnavailable as e:
             raise FailedPrecondition(str(e)) from None
 
@@ -153,7 +133,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             try:
                 while True:
                     seen, terminal = t.version, t.state.terminal  # before the yield: it awaits
-                    yield status_bytes(t)
+                    yield self.statuses.bytes_of(t)
                     if terminal:
                         return
                     while t.version == seen:  # level-triggered: changes while we sent coalesce
@@ -164,20 +144,19 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[bytes]:
         """Serialized ReadResponses (the method is registered with a raw response serializer)."""
         t, segments = self.coord.read_segments(request.transfer_id, self.clock())
-        blocks, start = t.blocks, t.window_start_token
-        token = start
+        epoch, token = t.window_epoch, t.window_start_token
 
         def unchanged() -> None:
             # Each chunk is copied only while the window is still the one planned (checked right
             # before the copy, with no await in between): a Resume or Abort mid-stream must not
             # leak another transfer's rows.
-            if t.blocks is not blocks or t.window_start_token != start:
+            if t.window_epoch != epoch:
                 raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while being "
                               f"read; read the whole window before resuming")
 
         with self._stream_slot():
             for chunk in _chunks(segments, self.read_rows):
-                async with self.pool.views(chunk, unchanged) as (views, count):
+                async with self.storage.views(chunk, unchanged) as (views, count):
                     data = encode_read_response(token, views, count * self.row_bytes)
                 yield data
                 token += count
@@ -227,7 +206,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             if ticket.count:
                 landing = Landing()
                 try:
-                    await self.pool.write(ticket.segments, rows, done, landing)
+                    await self.storage.write(ticket.segments, rows, done, landing)
                 except Exception as e:
                     self.coord.fail(ticket.transfer, Outcome.ERROR,
                                     f"error: copying rows into the pool failed: {e!r}", self.clock())

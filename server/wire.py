@@ -5,7 +5,8 @@ against the protobuf library in the tests; anything unusual falls back to it."""
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 

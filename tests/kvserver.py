@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from kvferry.server.launcher import ServerProcess, launch
+from kvferry.testing import ServerProcess, launch
 
 __all__ = ["SEED_FLAGS", "ServerProcess", "start_server"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import grpc
 import numpy as np
@@ -11,6 +11,7 @@ import numpy as np
 from kvferry.client import AsyncClient
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
 from kvserver import ServerProcess
 
 TOTAL = 200  # 64 + 64 + 64 + 8: four windows, three resumes

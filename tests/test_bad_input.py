@@ -3,7 +3,8 @@ its pool intact. Ends with a short hypothesis fuzz over the request messages."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess, start_server
 
 U64 = 2**64 - 1
@@ -89,7 +91,8 @@ def test_extreme_sizes(srv: ServerProcess) -> None:
     with ch:
         assert status(lambda: stub.Open(pb.OpenRequest(transfer_id="big", window_tokens=U64))) == C.INVALID_ARGUMENT
         stub.Open(pb.OpenRequest(transfer_id="big", window_tokens=16))
-        assert status(lambda: stub.Resume(pb.ResumeRequest(transfer_id="big", sent_tokens=U64))) == C.FAILED_PRECONDITION
+        resume = pb.ResumeRequest(transfer_id="big", sent_tokens=U64)
+        assert status(lambda: stub.Resume(resume)) == C.FAILED_PRECONDITION
         push = lambda **kw: stub.Push(iter([pb.PushRequest(transfer_id="big", **kw)]), timeout=5)  # noqa: E731
         assert status(lambda: push(total_tokens=U64, start_token=U64, rows=bytes(64))) == C.INVALID_ARGUMENT
         assert status(lambda: push(total_tokens=2**62)) == C.INVALID_ARGUMENT
@@ -118,7 +121,7 @@ def test_garbage_bytes_on_the_wire(srv: ServerProcess, method: str) -> None:
     with grpc.insecure_channel(srv.target) as ch:
         call = getattr(ch, METHODS[method])(f"/kvferry.v1.TransferService/{method}")
         for raw in GARBAGE:
-            code = status(lambda: call(iter([raw]), timeout=5) if method == "Push"
+            code = status(lambda raw=raw: call(iter([raw]), timeout=5) if method == "Push"
                           else call(raw, timeout=5))
             # Bytes that happen to parse are a valid (if odd) request: any documented answer.
             assert code in DOCUMENTED, (method, raw, code)

@@ -17,6 +17,7 @@ import grpc
 
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
 from chaos_agents import payload
 from kvserver import start_server
 

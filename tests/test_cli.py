@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvferry.server.config import ServerConfig, env_name
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import start_server
 
 

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kvferry.statemachine import (
-    Coordinator, Limits, Listener, State, Transfer, TransferError, WriteTicket,
+    Coordinator,
+    Limits,
+    Listener,
+    State,
+    Transfer,
+    TransferError,
+    WriteTicket,
 )
 
 NUM_BLOCKS, BT = 12, 4
@@ -57,7 +63,7 @@ class CoreMachine(RuleBasedStateMachine):
     @initialize(totals=st.lists(st.integers(1, 120), min_size=3, max_size=3))
     def start_with_live_transfers(self, totals: list[int]) -> None:
         """Begin mid-flight: every id opened and attached, so most steps exercise live ones."""
-        for tid, total in zip(("a", "b", "c"), totals):
+        for tid, total in zip(("a", "b", "c"), totals, strict=False):
             t = self.c.open(tid, 8, self.now)
             self.objects[id(t)] = t
             self.c.attach(tid, total, b"", self.now)
@@ -84,7 +90,7 @@ class CoreMachine(RuleBasedStateMachine):
         if ticket is None or not ticket.count:
             return
         first = ticket.transfer.sent_tokens
-        for i, (b, off, n) in enumerate(_rows(ticket)):
+        for i, (b, off, _n) in enumerate(_rows(ticket)):
             self.pool[b][off] = (id(ticket.transfer), first + i)
         if hold:  # the copy is still landing; other requests interleave before end_write
             self.pending.append(ticket)

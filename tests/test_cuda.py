@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ import torch
 
 from kvferry.client import AsyncClient
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess, start_server
 
 pytestmark = [

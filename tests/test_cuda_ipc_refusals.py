@@ -7,6 +7,7 @@ import pytest
 
 from kvferry.client.cuda_ipc import IpcUnavailable, pick_device
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess
 
 
@@ -34,3 +35,22 @@ def test_the_pools_gpu_must_be_visible() -> None:
 def test_the_gpu_is_found_by_uuid_whatever_its_index() -> None:
     assert pick_device(EXPORT, "host-a", ["GPU-2", "GPU-1"]) == 0
     assert pick_device(EXPORT, "host-a", ["GPU-0", "GPU-1", "GPU-2"]) == 2
+
+
+def test_the_installed_torch_lays_out_ipc_handles_as_kvferry_reads_them() -> None:
+    from kvferry.client.cuda_ipc import _check_torch_layout
+
+    _check_torch_layout()  # raises IpcUnavailable naming the difference on a torch that moved them
+
+
+def test_a_torch_with_another_ipc_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.multiprocessing import reductions
+
+    from kvferry.client import cuda_ipc
+
+    def moved(tensor_cls, tensor_size, storage_handle):  # type: ignore[no-untyped-def]
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(reductions, "rebuild_cuda_tensor", moved)
+    with pytest.raises(IpcUnavailable, match="lays out CUDA IPC handles as"):
+        cuda_ipc._check_torch_layout()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kvferry.statemachine import diagram
+
 from kvserver import start_server
 
 ROOT = Path(__file__).resolve().parent.parent

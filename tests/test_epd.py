@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from kvferry.client import Client, TransferFailed
 from kvferry.client.epd import EpdLayout, EpdReceiver, EpdSender, LayoutMismatch
+
 from kvserver import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +44,7 @@ def test_pack_unpack_round_trip(n: int, hidden: int, dtype: torch.dtype) -> None
 def test_header_refusals() -> None:
     ours = EpdLayout(64)
     assert ours.read_header(ours.header([10, -7])) == [10, -7]
-    with pytest.raises(LayoutMismatch, match="expects torch.bfloat16 x 64"):
+    with pytest.raises(LayoutMismatch, match=re.escape("expects torch.bfloat16 x 64")):
         ours.read_header(EpdLayout(32).header([1]))
     with pytest.raises(LayoutMismatch, match="float32"):
         ours.read_header(EpdLayout(64, torch.float32).header([1]))
@@ -98,7 +100,7 @@ def test_a_mismatched_layout_is_refused_at_the_start(epd_server) -> None:  # typ
 
         th = threading.Thread(target=send)
         th.start()
-        with pytest.raises(LayoutMismatch, match="expects torch.float32 x 32"):
+        with pytest.raises(LayoutMismatch, match=re.escape("expects torch.float32 x 32")):
             list(EpdReceiver(rx, receiver_layout).windows("epd-bad", 64))
         th.join(30)
     assert errors and isinstance(errors[0], TransferFailed)

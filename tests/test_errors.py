@@ -3,13 +3,14 @@ and nothing leaked (the ``seed`` fixture checks the pool after each test)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 import pytest
 
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
 from kvserver import ServerProcess
 
 ROW = 64  # row_bytes of the seed server

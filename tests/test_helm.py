@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import shutil
-import tomllib
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
 
 from kvferry.server.cli import build_parser
@@ -113,7 +113,7 @@ def test_termination_grace_outlasts_the_drain() -> None:
     pod = next(d for d in render({"server": {"shutdownGrace": 45}})
                if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 60
-    with pytest.raises(helm.HelmError, match="must exceed server.shutdownGrace"):
+    with pytest.raises(helm.HelmError, match=re.escape("must exceed server.shutdownGrace")):
         render({"terminationGracePeriodSeconds": 5})
 
 
@@ -162,7 +162,7 @@ def test_auth_and_tls() -> None:
     # An existing Secret: the chart makes none and mounts that one.
     docs = render({"auth": {"enabled": True, "existingSecret": "mine"}})
     assert not [d for d in docs if d["kind"] == "Secret"]
-    with pytest.raises(helm.HelmError, match="tls.existingSecret"):
+    with pytest.raises(helm.HelmError, match=re.escape("tls.existingSecret")):
         render({"tls": {"enabled": True}})
 
 

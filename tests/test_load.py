@@ -11,6 +11,7 @@ import numpy as np
 
 from kvferry.client import AsyncClient
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import start_server
 
 N, TOTAL, WINDOW, ROW, CHANNELS = 1000, 48, 16, 64, 8

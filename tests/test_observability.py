@@ -12,8 +12,8 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -169,7 +169,7 @@ def test_real_prometheus_scrapes_the_seed_scenario(tmp_path: Path) -> None:
     prom = Prometheus(srv.metrics_port, tmp_path)
     try:
         prom.wait_for_value('up{job="kvferry"}', 1)
-        _, _, _, dups, state, final = asyncio.run(
+        _, _, _, _dups, state, final = asyncio.run(
             run_scenario(srv, "scraped", lambda st: st.sent_tokens, max_polls=5000))
         assert state == "TRANSFER_STATE_SUCCESS" and final.resume_count == 3
         # 3 window boundaries x 3 ranks: 3 applied, 6 answered as duplicates of the same sent_tokens.

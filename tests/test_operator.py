@@ -12,6 +12,7 @@ import pytest
 
 from kvferry.client import Client
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess
 
 ROW = 64
@@ -40,7 +41,7 @@ def busy(seed: ServerProcess):  # type: ignore[no-untyped-def]
 
 
 def test_stats(busy) -> None:  # type: ignore[no-untyped-def]
-    srv, stub, _ = busy
+    _srv, stub, _ = busy
     stats = stub.Stats(pb.StatsRequest())
     counts = {pb.TransferState.Name(c.state): c.count for c in stats.transfers}
     assert counts == {"TRANSFER_STATE_BOOTSTRAPPING": 2, "TRANSFER_STATE_TRANSFERRING": 2,

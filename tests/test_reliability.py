@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 
 from kvferry.client import AsyncClient, TransferFailed
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess, start_server
 
 ROW = 64

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from certs import make_pki
 from kvferry.client import Client
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
+from certs import make_pki
 from kvserver import ServerProcess, start_server
 
 TOKEN = "s3cret-token-do-not-echo"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
+
 from kvserver import ServerProcess, start_server
 
 ROW = 64

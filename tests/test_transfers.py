@@ -12,6 +12,7 @@ import torch
 
 from kvferry.client import AsyncClient, Client, TransferFailed
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess, start_server
 
 

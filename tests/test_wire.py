@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from google.protobuf.message import DecodeError
 
 from kvferry.server.wire import FAST_PATH_BYTES, decode_push, encode_read_response
 from kvferry.v1 import transfer_pb2 as pb

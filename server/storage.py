@@ -1,0 +1,59 @@
+"""Where a pool's rows live, behind one small protocol: the service copies rows in and out through
+``BlockStorage`` and never asks which kind it holds.
+
+Kinds: ``CpuStorage`` (host memory, ``cpu_storage.py``) and ``CudaStorage`` (one GPU,
+``cuda_storage.py``). Every kind holds one uint8 tensor [num_blocks, block_tokens, row_bytes].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from kvferry.statemachine import Segment
+from kvferry.v1 import transfer_pb2 as pb
+
+
+class Landing:
+    """Whether a write's rows are in the pool (set by ``BlockStorage.write``)."""
+
+    __slots__ = ("landed",)
+
+    def __init__(self) -> None:
+        self.landed = False
+
+
+class PoolUnavailable(RuntimeError):
+    """The pool cannot be created, or cannot do what was asked; the message says why."""
+
+
+class BlockStorage(Protocol):
+    row_bytes: int
+
+    async def write(self, segments: Sequence[Segment], rows: bytes | memoryview, first_row: int,
+                    landing: Landing) -> None:
+        """Copy rows ``first_row ...`` of ``rows`` into ``segments``, in order; return once they
+        are in the pool. ``landing.landed`` tells, even if this is cancelled, whether they are."""
+
+    def views(self, segments: Sequence[Segment], check: Callable[[], None]
+              ) -> AbstractAsyncContextManager[tuple[list[memoryview], int]]:
+        """The rows of ``segments`` as host buffers valid inside the ``async with``, and their
+        count. ``check`` runs right before the rows are taken (it raises if they are no longer
+        the caller's)."""
+
+    def export(self) -> pb.ExportPoolResponse:
+        """What a same-host client needs to map the pool (fields of ExportPoolResponse), or
+        ``PoolUnavailable`` saying why this kind cannot be mapped."""
+
+
+def open_storage(num_blocks: int, block_tokens: int, row_bytes: int, device: str,
+                 max_message_bytes: int) -> BlockStorage:
+    """The storage kind for ``device`` ("cpu" or "cuda:N")."""
+    if device == "cpu":
+        from kvferry.server.cpu_storage import CpuStorage
+
+        return CpuStorage(num_blocks, block_tokens, row_bytes)
+    from kvferry.server.cuda_storage import CudaStorage
+
+    return CudaStorage(num_blocks, block_tokens, row_bytes, device, max_message_bytes)
