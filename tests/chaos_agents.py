@@ -1,18 +1,25 @@
 """Client processes for the chaos test: a slow sender, a receiver, and a rank that repeats resumes.
 
-    python chaos_agents.py sender TARGET ID SEED TOTAL
-    python chaos_agents.py receiver TARGET ID WINDOW OUT.json
-    python chaos_agents.py echo-ranks TARGET SECONDS ID [ID ...]
+    python chaos_agents.py sender ID SEED TOTAL
+    python chaos_agents.py receiver ID WINDOW OUT.json
+    python chaos_agents.py echo-ranks SECONDS ID [ID ...]
+
+Each one imports everything, prints one JSON line ``{"ready": seconds it took}`` and then waits for
+the server's target on stdin: the test starts the clock of every timeout only once all agents
+are past their (slow, CPU-bound) start-up.
 """
 
 from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()
 
 import asyncio
 import hashlib
 import json
 import random
 import sys
-import time
 
 import grpc
 import numpy as np
@@ -84,8 +91,14 @@ async def echo_ranks(target: str, seconds: float, tids: list[str]) -> None:
     print(json.dumps({"resumes_sent": sent, "duplicates": dups}))
 
 
+def wait_for_target() -> str:
+    print(json.dumps({"ready": time.monotonic() - STARTED}), flush=True)
+    return sys.stdin.readline().strip()
+
+
 if __name__ == "__main__":
-    role, target, *rest = sys.argv[1:]
+    role, *rest = sys.argv[1:]
+    target = wait_for_target()
     if role == "sender":
         asyncio.run(sender(target, rest[0], int(rest[1]), int(rest[2])))
     elif role == "receiver":

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import fields
 
 import grpc
@@ -17,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvferry.server.config import ServerConfig, env_name
 from kvferry.v1 import transfer_pb2 as pb
 
-from kvserver import start_server
+from kvserver import start_server, wait_until
 
 
 def kvferry(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,11 +83,12 @@ def test_sigterm_drains_then_exits_0() -> None:
 
     th = threading.Thread(target=sender)
     th.start()
-    time.sleep(0.3)
+    wait_until(lambda: stub.Poll(pb.PollRequest(transfer_id="draining")).sent_tokens == 16,
+               "the sender filling the window")
     srv.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
     # Draining: not serving, no new transfers, but in-flight ones may still finish.
-    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    wait_until(lambda: health.Check(health_pb2.HealthCheckRequest()).status
+               == health_pb2.HealthCheckResponse.NOT_SERVING, "readiness going NOT_SERVING")
     live = health.Check(health_pb2.HealthCheckRequest(service="liveness"))
     assert live.status == health_pb2.HealthCheckResponse.SERVING  # draining is not dead
     with pytest.raises(grpc.RpcError) as e:

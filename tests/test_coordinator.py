@@ -573,3 +573,44 @@ def test_max_transfers() -> None:
     c.open("b", 8, now=0)
     with pytest.raises(ResourceExhausted, match="--max-transfers"):
         c.open("c", 8, now=0)
+
+
+def test_fail_of_a_transfer_that_already_failed_keeps_the_first_outcome() -> None:
+    """The copy-error path fails the transfer after awaiting a copy; an Abort or a timeout may have
+    failed it meanwhile. That second fail must change nothing (and must not raise, which would
+    hide the copy's real error)."""
+    c, _ = make()
+    c.open("a", 16, now=0)
+    c.attach("a", 40, b"", now=0)
+    ticket = c.begin_write("a", 0, 8)  # a copy is in flight ...
+    t = c.abort("a", "receiver gone", now=1)  # ... when the transfer is aborted
+    c.fail(t, Outcome.ERROR, "error: copying rows into the pool failed", now=2)
+    assert (t.state, t.outcome, t.failure_reason) == (State.FAILED, Outcome.ABORTED, "aborted: receiver gone")
+    assert c.totals.finished[Outcome.ERROR] == 0 and c.totals.finished[Outcome.ABORTED] == 1
+    assert t.blocks  # still held: the copy may yet land
+    c.end_write(ticket, now=3, landed=False)
+    assert t.blocks == [] and c.allocator.free_count == 16
+
+
+def test_the_window_epoch_changes_whenever_the_window_is_given_back() -> None:
+    c, _ = make()
+    t = fill_first_window(c)
+    first = t.window_epoch
+    c.resume("a", 16, 0, now=0)
+    assert t.window_epoch == first + 1  # the same blocks come back, in a new epoch
+    push(c, "a", 16, 16)
+    c.abort("a", "", now=0)
+    assert t.window_epoch == first + 2
+
+
+def test_list_transfers_pages_in_opening_order_and_filters_by_state() -> None:
+    c, _ = make()
+    for tid in ("a", "b", "c", "d"):
+        c.open(tid, 16, now=0)
+    c.abort("b", "", now=0)
+    page, more = c.list_transfers(limit=2)
+    assert [t.transfer_id for t in page] == ["a", "b"] and more
+    page, more = c.list_transfers(after=page[-1].seq, limit=2)
+    assert [t.transfer_id for t in page] == ["c", "d"] and not more
+    page, _ = c.list_transfers(states={State.FAILED})
+    assert [t.transfer_id for t in page] == ["b"]

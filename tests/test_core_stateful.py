@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from kvferry.statemachine import (
+    TRANSITIONS,
     Coordinator,
     Limits,
     Listener,
@@ -17,7 +25,11 @@ from kvferry.statemachine import (
     Transfer,
     TransferError,
     WriteTicket,
+    coordinator,
+    lifecycle,
 )
+
+from budget import examples
 
 NUM_BLOCKS, BT = 12, 4
 IDS = st.sampled_from(["a", "b", "c"])
@@ -215,6 +227,50 @@ def _rows(ticket: WriteTicket) -> list[tuple[int, int, int]]:
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=1500, stateful_step_count=50, deadline=None,
+    max_examples=examples(1500, 20000), stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestCoreInterleavings = CoreMachine.TestCase
+
+
+def test_every_row_of_the_table_is_reached_and_every_guard_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table holds no row the coordinator never runs, and no guard that never says no: driven
+    only through the coordinator's API, each (event, source state) fires and each guard refuses."""
+    fired: set[tuple[str, State]] = set()
+    refused_by_guard: set[str] = set()
+    real_fire = lifecycle.fire
+
+    def recording(event: str, t: Transfer, **kwargs: int) -> str | None:
+        before = t.state
+        why = real_fire(event, t, **kwargs)
+        if why is None:
+            fired.add((event, before))
+        elif any(r.event == event and before in r.sources for r in TRANSITIONS):
+            refused_by_guard.add(event)  # a row exists from here: a guard said no
+        return why
+
+    monkeypatch.setattr(lifecycle, "fire", recording)
+    monkeypatch.setattr(coordinator, "fire", recording)
+    c = Coordinator(Limits(num_blocks=NUM_BLOCKS, block_tokens=BT, default_window_tokens=8,
+                           bootstrap_timeout=10, stall_timeout=20, retention=30))
+
+    def write(tid: str, start: int, rows: int) -> None:
+        c.end_write(c.begin_write(tid, start, rows), 0)
+
+    c.open("a", 8, 0)
+    c.attach("a", 12, b"", 0)
+    write("a", 0, 8)
+    with pytest.raises(TransferError):
+        c.resume("a", 7, 0, 0)  # resume_is_due refuses
+    c.resume("a", 8, 0, 0)
+    write("a", 8, 3)  # deliver; complete refused (11 of 12)
+    write("a", 11, 1)  # complete
+    for tid, rows in (("b", 0), ("c", 1), ("d", 8)):  # fail from BOOTSTRAPPING, TRANSFERRING, RESUMING
+        c.open(tid, 8, 0)
+        if rows:
+            c.attach(tid, 16, b"", 0)
+            write(tid, 0, rows)
+        if rows == 8:
+            c.resume(tid, 8, 0, 0)
+        c.abort(tid, "", 0)
+    assert fired == {(r.event, s) for r in TRANSITIONS for s in r.sources}
+    assert refused_by_guard == {r.event for r in TRANSITIONS if r.guards}

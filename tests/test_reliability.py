@@ -14,7 +14,7 @@ import pytest
 from kvferry.client import AsyncClient, TransferFailed
 from kvferry.v1 import transfer_pb2 as pb
 
-from kvserver import ServerProcess, start_server
+from kvserver import ServerProcess, async_wait_until, start_server, wait_until
 
 ROW = 64
 
@@ -74,8 +74,9 @@ def test_stream_limit(short_lease: ServerProcess) -> None:
         assert "--max-streams" in e.value.details() and "8" in e.value.details()
         for w in watches:
             w.cancel()
-        time.sleep(0.2)
-        next(stub.Watch(pb.WatchRequest(transfer_id="streams")))  # slots came back
+        # The slots come back as the server sees the cancellations.
+        wait_until(lambda: next(stub.Watch(pb.WatchRequest(transfer_id="streams"))),
+                   "a Watch slot freed by the cancelled streams")
         stub.Abort(pb.AbortRequest(transfer_id="streams"))
         stub.Release(pb.ReleaseRequest(transfer_id="streams"))
 
@@ -137,7 +138,7 @@ def test_sender_abort_reaches_the_receiver(seed: ServerProcess) -> None:
                     pass
 
             recv = asyncio.create_task(receive())
-            await asyncio.sleep(0.2)
+            await async_wait_until(lambda: tx.poll("sender-aborts"), "the receiver's Open")
             await tx.abort("sender-aborts", "encoder OOM")
             with pytest.raises(TransferFailed, match="encoder OOM"):
                 await asyncio.wait_for(recv, 10)

@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvferry.v1 import transfer_pb2 as pb
 
+from budget import examples
 from kvserver import ServerProcess, start_server
 
 ROW = 64
@@ -179,12 +180,12 @@ def _fast_server() -> Iterator[None]:
 
 
 ServerMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None,
+    max_examples=examples(60, 1000), stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 TestServerInterleavings = ServerMachine.TestCase
 
 ServerMachineWithClock.TestCase.settings = settings(
-    max_examples=10, stateful_step_count=30, deadline=None,
+    max_examples=examples(10, 100), stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 

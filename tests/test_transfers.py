@@ -13,7 +13,10 @@ import torch
 from kvferry.client import AsyncClient, Client, TransferFailed
 from kvferry.v1 import transfer_pb2 as pb
 
-from kvserver import ServerProcess, start_server
+from kvserver import ServerProcess, async_wait_until, start_server
+
+PUSH_LABELS = ('grpc_method="Push",grpc_service="kvferry.v1.TransferService",'
+               'grpc_type="client_stream"')
 
 
 def payload(n: int, row_bytes: int, seed: int = 1) -> np.ndarray:
@@ -33,14 +36,19 @@ def test_either_side_may_arrive_first(seed: ServerProcess, sender_first: bool) -
 
     async def main() -> tuple[bytes, pb.TransferStatus, list]:
         async with AsyncClient(seed.target) as rx, AsyncClient(seed.target) as tx:
+            pushes = seed.metric("grpc_server_started_total", PUSH_LABELS)
             if sender_first:
                 send = asyncio.create_task(tx.send("order", data, metadata=b"m"))
-                await asyncio.sleep(0.3)  # the Push waits for the Open
-                assert not send.done()
+
+                async def push_arrived() -> bool:
+                    return seed.metric("grpc_server_started_total", PUSH_LABELS) > pushes
+
+                await async_wait_until(push_arrived, "the Push reaching the server")
+                assert not send.done()  # the Push waits for the Open
                 got, windows = await receive_all(rx, "order")
             else:
                 recv = asyncio.create_task(receive_all(rx, "order"))
-                await asyncio.sleep(0.3)
+                await async_wait_until(lambda: rx.poll("order"), "the receiver's Open")
                 send = asyncio.create_task(tx.send("order", data, metadata=b"m"))
                 got, windows = await recv
             return got, await send, windows
@@ -103,10 +111,11 @@ def test_receiver_abort_reaches_the_blocked_sender(seed: ServerProcess) -> None:
         async with AsyncClient(seed.target) as rx, AsyncClient(seed.target) as tx:
             send = asyncio.create_task(tx.send("abort-me", data))  # waits for the Open
             gen = rx.receive("abort-me", 64)
-            first = await gen.__anext__()  # the receiver takes one window ...
+            first = await gen.__anext__()  # the receiver takes one window and resumes nothing ...
             assert first.num_tokens == 64
-            await asyncio.sleep(0.2)
-            assert not send.done()  # ... the sender is blocked on the next full window
+            st = await rx.poll("abort-me")
+            assert st.sent_tokens == 64 and st.window_filled_tokens == st.window_tokens
+            assert not send.done()  # ... so the sender is blocked on the full window
             await gen.aclose()  # the consumer goes away: the client aborts, then releases
             with pytest.raises(TransferFailed, match="receiver stopped"):
                 await asyncio.wait_for(send, 10)
@@ -127,7 +136,11 @@ def test_watch_streams_every_state_and_ends_after_the_terminal_one(seed: ServerP
                     states.append(st.state)
 
             w = asyncio.create_task(watch())
-            await asyncio.sleep(0.1)
+
+            async def watching() -> bool:
+                return bool(states)
+
+            await async_wait_until(watching, "the Watch's first status")
             await c.send("watch", data)
             await asyncio.wait_for(w, 10)  # the stream ends by itself
             await c.release("watch")
