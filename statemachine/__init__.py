@@ -6,7 +6,9 @@ No grpc, asyncio or torch here: the server drives it, tests drive it in microsec
 from kvferry.statemachine.allocator import AllocatorError, BlockAllocator
 from kvferry.statemachine.coordinator import (
     MAX_ID_BYTES,
+    CommitResult,
     Coordinator,
+    Grant,
     Limits,
     Listener,
     Outcome,
@@ -26,6 +28,7 @@ from kvferry.statemachine.errors import (
     TransferError,
     Unavailable,
 )
+from kvferry.statemachine.fence import Fence, Quarantine
 from kvferry.statemachine.lifecycle import (
     LIVE,
     MEANING,
@@ -49,8 +52,11 @@ __all__ = [
     "AllocatorError",
     "AlreadyExists",
     "BlockAllocator",
+    "CommitResult",
     "Coordinator",
     "FailedPrecondition",
+    "Fence",
+    "Grant",
     "IllegalTransition",
     "InvalidArgument",
     "Limits",
@@ -58,6 +64,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "Outcome",
+    "Quarantine",
     "ResourceExhausted",
     "ResumeResult",
     "Rule",

@@ -24,7 +24,8 @@ from kvferry.statemachine.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from kvferry.statemachine.lifecycle import State, Transfer, fire, must_fire
+from kvferry.statemachine.fence import Fence, Quarantine
+from kvferry.statemachine.lifecycle import IllegalTransition, State, Transfer, fire, must_fire
 
 MAX_ID_BYTES = 256
 # Far beyond any request (2^48 tokens), and well inside the wire's int64 fields.
@@ -56,12 +57,15 @@ class Limits:
     # A receiver that makes no call (Poll, Watch, Read, Resume) for this long loses the transfer.
     lease_timeout: float = 30.0
     max_transfers: int = 100_000
+    # How long blocks a one-sided writer may still write into stay fenced after their transfer
+    # failed, if the writer never says it stopped.
+    fence_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "block_tokens", "default_window_tokens", "max_transfers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout"):
+        for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout", "fence_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.default_window_tokens > self.pool_tokens:
@@ -83,6 +87,10 @@ class Totals:
     duplicates: dict[str, int] = field(default_factory=lambda: {"repeat": 0, "stale": 0})
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(Outcome.ALL, 0))
     released: dict[str, int] = field(default_factory=lambda: {"client": 0, "retention": 0})
+    # Commits answered as duplicates (a repeat of rows already delivered).
+    commit_duplicates: int = 0
+    # Fences lifted: by the writer's commit or detach, or by the fence timeout.
+    fences_lifted: dict[str, int] = field(default_factory=lambda: {"commit": 0, "detach": 0, "timeout": 0})
 
 
 class Listener:
@@ -132,6 +140,24 @@ class WriteTicket:
     segments: list[Segment]
 
 
+class Grant(NamedTuple):
+    """A window lent to a one-sided writer: write tokens [start_token, start_token + tokens) into
+    the rows they fall on (token k is row (k - window_start_token) of the window, whose blocks are
+    ``blocks`` in order), make sure they landed, then commit them with ``epoch``."""
+
+    transfer: Transfer
+    epoch: int
+    start_token: int
+    tokens: int
+    window_start_token: int
+    blocks: list[int]
+
+
+class CommitResult(NamedTuple):
+    transfer: Transfer
+    duplicate: bool
+
+
 class ResumeResult(NamedTuple):
     transfer: Transfer
     duplicate: bool
@@ -154,6 +180,9 @@ class Coordinator:
         # (deadline, seq, transfer); lazily re-checked when popped, so progress costs nothing here.
         self._deadlines: list[tuple[float, int, Transfer]] = []
         self._seq = itertools.count()
+        # Window epochs, unique across every transfer and opening.
+        self._epochs = itertools.count(1)
+        self.quarantine = Quarantine()
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -244,6 +273,7 @@ class Coordinator:
                                     f"{self.limits.block_tokens} tokens; a {size}-token window "
                                     f"needs {want}; retry later or open a smaller window")
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
+        t.window_epoch = t.opened_epoch = next(self._epochs)
         self.transfers[transfer_id] = t
         self.state_counts[t.state] += 1
         t.seq = next(self._opened)
@@ -274,7 +304,7 @@ class Coordinator:
         t.resume_count += 1
         t.window_full_at = None
         t.last_progress_at = now
-        self._free_window(t)
+        self._free_window(t, now)
         # Free, then allocate: the blocks just freed are the first ones handed out again.
         t.window_start_token = t.sent_tokens
         t.window_tokens = min(self._blocks_for(size) * self.limits.block_tokens,
@@ -305,10 +335,12 @@ class Coordinator:
     # -- sender --------------------------------------------------------------------------------
 
     def attach(self, transfer_id: str, total_tokens: int, metadata: bytes, now: float) -> Transfer:
-        """The first message of a Push stream. Reconnecting senders attach again."""
+        """The sender arrives (a Push stream's first message, or Attach). Reconnecting senders
+        attach again."""
         if not 0 < total_tokens <= MAX_TOTAL_TOKENS:
-            raise InvalidArgument(f"the first Push message must carry total_tokens between 1 "
-                                  f"and {MAX_TOTAL_TOKENS}, got {total_tokens}")
+            raise InvalidArgument(f"the sender must give total_tokens between 1 and "
+                                  f"{MAX_TOTAL_TOKENS} (in Attach, or a Push's first message), "
+                                  f"got {total_tokens}")
         t = self.get(transfer_id)
         if t.state is State.FAILED:
             raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
@@ -336,6 +368,10 @@ class Coordinator:
         if t.state is State.BOOTSTRAPPING:
             raise FailedPrecondition(f"transfer {transfer_id!r} has no sender attached; the "
                                      f"first Push message must carry transfer_id and total_tokens")
+        if t.lent_epoch == t.window_epoch:
+            raise FailedPrecondition(f"the current window of {transfer_id!r} is lent to a one-sided "
+                                     f"writer (Attach): Push cannot write into it until that "
+                                     f"writer commits it or detaches")
         end = start_token + rows
         if end > t.total_tokens:
             raise InvalidArgument(f"rows [{start_token}, {end}) run past total_tokens="
@@ -361,16 +397,89 @@ class Coordinator:
             return t
         t.write_in_flight = False
         if t.state is State.FAILED:  # failed mid-copy: its blocks were kept until now
-            self._free_window(t)
+            self._free_window(t, now)
             self._serve_waiting()
             return t
         if not landed:
             self._changed(t)  # another Push waiting for this write's end goes on
             return t
-        t.sent_tokens += ticket.count
+        self._deliver(t, ticket.count, now)
+        return t
+
+    # -- one-sided sender ----------------------------------------------------------------------
+
+    def grant(self, transfer_id: str) -> Grant | None:
+        """Lend the current window to the one-sided writer: the rows from ``sent_tokens`` to the
+        window's end. None while there is nothing to lend (not attached, window full or waiting
+        for blocks, a Push copy in flight, or finished). Asked again for the same window, it
+        lends the same range again (a writer that reconnected)."""
+        t = self.get(transfer_id)
+        if (t.state.terminal or t.state is State.BOOTSTRAPPING or not t.blocks
+                or t.write_in_flight or t.window_full):
+            return None
+        t.lent_epoch = t.window_epoch
+        end = t.window_start_token + t.window_tokens
+        return Grant(t, t.window_epoch, t.sent_tokens, end - t.sent_tokens, t.window_start_token,
+                     list(t.blocks))
+
+    def commit(self, transfer_id: str, epoch: int, start_token: int, tokens: int,
+               now: float) -> CommitResult:
+        """The one-sided writer's rows [start_token, start_token + tokens) of window ``epoch``
+        have landed: deliver them exactly as a Push's."""
+        t = self.get(transfer_id)
+        end = start_token + tokens
+        if tokens <= 0:
+            raise InvalidArgument(f"commit of {tokens} tokens: commit at least one row")
+        if epoch < t.opened_epoch:
+            raise FailedPrecondition(f"window epoch {epoch} belongs to an earlier opening of "
+                                     f"{transfer_id!r}; this one began at epoch {t.opened_epoch}")
+        if t.state is State.FAILED:
+            fence = self.quarantine.get(epoch)
+            if fence is not None and fence.transfer_id == transfer_id and end >= fence.end_token:
+                self._lift(epoch, "commit")  # the writer finished the lent range: it stopped
+            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
+        if end <= t.sent_tokens:  # a repeat of delivered rows: a retry, or another rank's
+            self.totals.commit_duplicates += 1
+            return CommitResult(t, True)
+        if epoch != t.window_epoch:
+            raise FailedPrecondition(f"window epoch {epoch} of {transfer_id!r} was resumed past "
+                                     f"(the current window is epoch {t.window_epoch}); rows "
+                                     f"[{start_token}, {end}) were not all delivered: write "
+                                     f"them into the current grant")
+        if t.lent_epoch != epoch:
+            raise FailedPrecondition(f"window epoch {epoch} of {transfer_id!r} is not lent to a "
+                                     f"one-sided writer: Attach to get a grant before writing")
+        if start_token > t.sent_tokens:
+            raise OutOfRange(f"commit from token {start_token} leaves a gap: the next expected "
+                             f"token is {t.sent_tokens}; commit rows from there")
+        window_end = t.window_start_token + t.window_tokens
+        if end > window_end:
+            raise InvalidArgument(f"commit of rows [{start_token}, {end}) runs past the granted "
+                                  f"window, which ends at token {window_end}")
+        if end == window_end:
+            t.lent_epoch = -1  # the grant is used up: the writer is done with these blocks
+        self._deliver(t, end - t.sent_tokens, now)
+        return CommitResult(t, False)
+
+    def detach(self, transfer_id: str, epoch: int, now: float) -> int:
+        """The one-sided writer of window ``epoch`` promises it writes no more there. A fence of
+        that window is lifted (returns how many blocks it freed); a live transfer's grant is taken
+        back (a new Attach, or a Push, may go on from sent_tokens). Idempotent."""
+        fence = self.quarantine.get(epoch)
+        if fence is not None and fence.transfer_id == transfer_id:
+            self._lift(epoch, "detach")
+            return len(fence.blocks)
+        t = self.transfers.get(transfer_id)
+        if t is not None and t.lent_epoch == epoch:
+            t.lent_epoch = -1
+            self._changed(t)
+        return 0
+
+    def _deliver(self, t: Transfer, count: int, now: float) -> None:
+        t.sent_tokens += count
         t.last_progress_at = now
-        self.totals.tokens_received += ticket.count
-        self.listener.delivered(t, ticket.count)
+        self.totals.tokens_received += count
+        self.listener.delivered(t, count)
         if t.state is State.RESUMING:
             self._must_fire("deliver", t)
         if self._fire("complete", t) is None:
@@ -378,7 +487,13 @@ class Coordinator:
         elif t.window_full:
             t.window_full_at = now
         self._changed(t)
-        return t
+
+    def _lift(self, epoch: int, by: str) -> None:
+        fence = self.quarantine.lift(epoch)
+        if fence is not None:
+            self.allocator.free(fence.blocks)
+            self.totals.fences_lifted[by] += 1
+            self._serve_waiting()
 
     # -- either side, and the clock ------------------------------------------------------------
 
@@ -398,7 +513,7 @@ class Coordinator:
         t.window_full_at = None
         if self._waiting.pop(t.transfer_id, None) is not None:
             t.blocks_wanted = 0
-        self._free_window(t)
+        self._free_window(t, now)
         self._finish(t, outcome, now)
         self._serve_waiting()
         self._changed(t)
@@ -414,7 +529,12 @@ class Coordinator:
         return len(live)
 
     def expire(self, now: float) -> None:
-        """Apply every timeout due at ``now``: bootstrap, lease and stall fail; retention releases."""
+        """Apply every timeout due at ``now``: bootstrap, lease and stall fail; retention releases;
+        fences whose writer never said it stopped are lifted."""
+        for fence in self.quarantine.due(now):
+            self.allocator.free(fence.blocks)
+            self.totals.fences_lifted["timeout"] += 1
+            self._serve_waiting()
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, t = heapq.heappop(heap)
@@ -430,7 +550,9 @@ class Coordinator:
                 self.fail(t, outcome, reason, now)
 
     def next_deadline(self) -> float | None:
-        return self._deadlines[0][0] if self._deadlines else None
+        due = [d for d in (self._deadlines[0][0] if self._deadlines else None,
+                           self.quarantine.next_deadline()) if d is not None]
+        return min(due) if due else None
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -468,12 +590,25 @@ class Coordinator:
             pos += n
         return out
 
-    def _free_window(self, t: Transfer) -> None:
-        # A block is never handed on while a write into it can still land: end_write frees it.
-        if t.blocks and not t.write_in_flight:
+    def _free_window(self, t: Transfer, now: float | None = None) -> None:
+        """Give the window's blocks back. A block is never handed on while a write into it can
+        still land: a Push copy in flight keeps them until ``end_write``; a window lent to a
+        one-sided writer and not fully committed goes to quarantine until the writer says it
+        stopped, or the fence timeout."""
+        if not t.blocks or t.write_in_flight:
+            return
+        if t.lent_epoch == t.window_epoch:
+            if now is None:  # every path that can meet a lent window passes the time
+                raise IllegalTransition(f"{t.transfer_id!r}: a lent window freed without a clock")
+            fence = Fence(t.window_epoch, t.transfer_id, t.blocks,
+                          t.window_start_token + t.window_tokens, now + self.limits.fence_timeout)
+            if self.quarantine.add(fence):
+                self.listener.deadline_sooner(fence.deadline)
+            t.lent_epoch = -1
+        else:
             self.allocator.free(t.blocks)
-            t.blocks = []
-            t.window_epoch += 1
+        t.blocks = []
+        t.window_epoch = next(self._epochs)
 
     def _serve_waiting(self) -> None:
         while self._waiting:

@@ -64,9 +64,11 @@ class Transfer:
         "last_progress_at",
         "last_resume_sent_tokens",
         "lease_renewed_at",
+        "lent_epoch",
         "metadata",
         "open_window_tokens",
         "opened_at",
+        "opened_epoch",
         "outcome",
         "released",
         "resume_count",
@@ -110,9 +112,14 @@ class Transfer:
         self.lease_renewed_at = now  # the receiver's last call
         self.watchers = 0  # open Watch streams: each holds the lease
         self.seq = 0  # order of opening, set by the coordinator
-        # Changes every time the window's blocks are given back (resume, failure, release): a
-        # reader or writer that planned against one epoch must not touch the blocks in another.
+        # Changes every time the window's blocks are given back (resume, failure, release), and
+        # is unique across the server's life (the coordinator numbers them): a reader or writer
+        # that planned against one epoch must not touch the blocks in another.
         self.window_epoch = 0
+        self.opened_epoch = 0  # the first window's epoch: older ones belong to another opening
+        # The epoch of the window lent to a one-sided writer (a grant not yet fully committed);
+        # -1 when none is.
+        self.lent_epoch = -1
 
     @property
     def window_filled_tokens(self) -> int:

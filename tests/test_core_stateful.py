@@ -19,6 +19,7 @@ from hypothesis.stateful import (
 from kvferry.statemachine import (
     TRANSITIONS,
     Coordinator,
+    Grant,
     Limits,
     Listener,
     State,
@@ -35,7 +36,27 @@ NUM_BLOCKS, BT = 12, 4
 IDS = st.sampled_from(["a", "b", "c"])
 LIMITS = Limits(num_blocks=NUM_BLOCKS, block_tokens=BT, default_window_tokens=8,
                 bootstrap_timeout=10, stall_timeout=20, retention=30, lease_timeout=25,
-                max_transfers=3)
+                max_transfers=3, fence_timeout=15)
+
+
+class Writer:
+    """A one-sided writer holding a grant: it writes when it likes, commits when it likes."""
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+        self.cursor = grant.start_token  # rows written up to here
+        self.committed = grant.start_token
+        self.failed_at: float | None = None  # when the model first saw its transfer FAILED
+
+    @property
+    def end(self) -> int:
+        return self.grant.start_token + self.grant.tokens
+
+    def may_write(self, now: float) -> bool:
+        """The writer's own view, not the core's: it writes until it has committed its whole
+        grant or detached (then it is dropped), or until the fence timeout has passed since its
+        transfer failed (the contract: a writer stops within it)."""
+        return self.failed_at is None or now < self.failed_at + LIMITS.fence_timeout
 
 
 class Tracker(Listener):
@@ -63,6 +84,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.terminal: dict[int, State] = {}
         self.objects: dict[int, Transfer] = {}
         self.pending: list[WriteTicket] = []  # copies begun, not yet ended
+        self.writers: dict[int, Writer] = {}  # by epoch
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -108,6 +130,56 @@ class CoreMachine(RuleBasedStateMachine):
             self.pending.append(ticket)
         else:
             self._end(ticket)
+
+    # -- the one-sided writer ---------------------------------------------------------------
+
+    @rule(tid=IDS, total=st.integers(1, 120))
+    def attach_one_sided(self, tid: str, total: int) -> None:
+        t = self.c.transfers.get(tid)
+        if t is not None and t.state is State.BOOTSTRAPPING:
+            self._call(self.c.attach, tid, total, b"", self.now)
+        g = self._call(self.c.grant, tid)
+        if g is not None and g.epoch not in self.writers:
+            self.writers[g.epoch] = Writer(g)
+
+    def _write(self, w: Writer, upto: int) -> None:
+        """The writer's rows land in its grant's blocks, whatever the core thinks of it now."""
+        g = w.grant
+        for token in range(w.cursor, min(upto, w.end)):
+            row = token - g.window_start_token
+            self.pool[g.blocks[row // BT]][row % BT] = (id(g.transfer), token)
+        w.cursor = max(w.cursor, min(upto, w.end))
+
+    @precondition(lambda self: self.writers)
+    @rule(data=st.data(), rows=st.integers(1, 10), commit=st.booleans())
+    def one_sided_write(self, data: st.DataObject, rows: int, commit: bool) -> None:
+        w = self.writers[data.draw(st.sampled_from(sorted(self.writers)))]
+        if not w.may_write(self.now):
+            del self.writers[w.grant.epoch]
+            return
+        self._write(w, w.cursor + rows)
+        if commit and w.cursor > w.committed:
+            g = w.grant
+            if self._call(self.c.commit, g.transfer.transfer_id, g.epoch, w.committed,
+                          w.cursor - w.committed, self.now) is not None:
+                w.committed = w.cursor
+                self.delivered[id(g.transfer)] = g.transfer.sent_tokens
+            if w.cursor == w.end:  # committed (or tried to) all it was lent: it is done
+                del self.writers[g.epoch]
+
+    @precondition(lambda self: self.writers)
+    @rule(data=st.data())
+    def late_write_lands(self, data: st.DataObject) -> None:
+        """A write of the whole grant lands late: after an abort, a timeout, a release."""
+        w = self.writers[data.draw(st.sampled_from(sorted(self.writers)))]
+        if w.may_write(self.now):
+            self._write(w, w.end)
+
+    @precondition(lambda self: self.writers)
+    @rule(data=st.data())
+    def detach(self, data: st.DataObject) -> None:
+        w = self.writers.pop(data.draw(st.sampled_from(sorted(self.writers))))
+        self.c.detach(w.grant.transfer.transfer_id, w.grant.epoch, self.now)
 
     @precondition(lambda self: self.pending)
     @rule(data=st.data())
@@ -179,10 +251,29 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def blocks_are_owned_once_and_all_accounted_for(self) -> None:
         owned = [b for t in self.objects.values() for b in t.blocks]
-        assert len(owned) == len(set(owned)), "a block is owned twice"
-        assert len(owned) + self.c.allocator.free_count == NUM_BLOCKS, "a block leaked"
-        for b in owned:
+        fenced = [b for f in self.c.quarantine for b in f.blocks]
+        assert len(fenced) == self.c.quarantine.blocks
+        held = owned + fenced
+        assert len(held) == len(set(held)), "a block is owned twice, or owned and fenced"
+        assert len(held) + self.c.allocator.free_count == NUM_BLOCKS, "a block leaked"
+        for b in held:
             assert self.c.allocator.is_used(b)
+
+    @invariant()
+    def no_block_is_writable_by_two_transfers(self) -> None:
+        """Every block a one-sided writer may still write into is its own transfer's current
+        window, or fenced for it: never free, never another transfer's."""
+        for w in self.writers.values():
+            g, t = w.grant, w.grant.transfer
+            if t.state is State.FAILED and w.failed_at is None:
+                w.failed_at = self.now
+            if not w.may_write(self.now):
+                continue
+            free = set(self.c.allocator._free)
+            assert not set(g.blocks) & free, "a block a writer may still write into is free"
+            others = [b for o in self.objects.values() if o is not t for b in o.blocks]
+            others += [b for f in self.c.quarantine if f.epoch != g.epoch for b in f.blocks]
+            assert not set(g.blocks) & set(others), "a writer's blocks were handed to another transfer"
 
     @invariant()
     def sent_tokens_only_grow_and_terminal_states_stay(self) -> None:
@@ -216,6 +307,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.c.fail_all("shutdown", "teardown", self.now)
         for tid in list(self.c.transfers):
             self.c.release(tid)
+        assert self.c.allocator.free_count + self.c.quarantine.blocks == NUM_BLOCKS
+        self.c.expire(self.now + LIMITS.fence_timeout)  # writers that never said they stopped
         assert self.c.allocator.free_count == NUM_BLOCKS
 
 
