@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from kvferry.client.limits import MESSAGE_BUDGET
+from kvferry.client.limits import MESSAGE_BUDGET, TransportUnavailable
 from kvferry.client.rows import as_row_bytes
+from kvferry.client.transports import Writer, check_transport, source_rows, unavailable, why_not
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from kvferry.client.cuda_ipc import MappedPool
+    from kvferry.client.shm import ShmPool
 
 # Push messages stay inside gRPC's default 4 MiB limit, whatever the server accepts.
 DEFAULT_CHUNK_BYTES = MESSAGE_BUDGET
@@ -83,6 +85,8 @@ class AsyncClient:
         self.stub = pb_grpc.TransferServiceStub(self.channel)
         self._md = tuple(call_metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
         self._pool: asyncio.Future[pb.PoolInfo] | None = None
+        # The server's pool mapped into this process, per transport (mapped once, kept).
+        self._mapped: dict[str, Any] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -131,25 +135,62 @@ class AsyncClient:
     async def export_pool(self) -> pb.ExportPoolResponse:
         return await self.stub.ExportPool(pb.ExportPoolRequest(), metadata=self._md)
 
-    async def map_pool(self) -> MappedPool:
-        """The server's CUDA pool mapped into this process (same host only): see
-        ``kvferry.client.cuda_ipc`` for the rules. Needs torch with CUDA."""
-        from kvferry.client.cuda_ipc import MappedPool
+    async def map_pool(self) -> MappedPool | ShmPool:
+        """The server's pool mapped into this process (same host only), for zero-copy window
+        views: a GPU pool through CUDA IPC (``kvferry.client.cuda_ipc``, needs torch with CUDA),
+        a CPU pool through shared memory (``kvferry.client.shm``). Mapped once per client."""
+        info = await self.pool_info()
+        return await self._map("shm" if "shm" in info.transports else "cuda-ipc", info)
 
-        return MappedPool(await self.export_pool())
+    async def _map(self, transport: str, info: pb.PoolInfo) -> Any:
+        """The pool mapped for ``transport``, or TransportUnavailable saying why it cannot be."""
+        if transport not in self._mapped:
+            reason = why_not(transport, info)
+            if reason is not None:
+                raise unavailable(transport, reason)
+            if transport == "shm":
+                from kvferry.client.shm import ShmPool
+
+                self._mapped[transport] = ShmPool.of(info)
+            else:
+                from kvferry.client.cuda_ipc import MappedPool
+
+                self._mapped[transport] = MappedPool(await self.export_pool())
+        return self._mapped[transport]
+
+    async def _pick(self, transport: str, info: pb.PoolInfo) -> tuple[str, Any]:
+        """The transport to use and its mapped pool (None for grpc)."""
+        check_transport(transport)
+        if transport != "auto":
+            return transport, (None if transport == "grpc" else await self._map(transport, info))
+        for candidate in ("cuda-ipc", "shm"):
+            if why_not(candidate, info) is None:
+                try:
+                    return candidate, await self._map(candidate, info)
+                except TransportUnavailable:
+                    continue  # e.g. no CUDA in this process: the next way will do
+        return "grpc", None
 
     # -- sender --------------------------------------------------------------------------------
 
     async def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
                    metadata: bytes = b"", start_token: int = 0,
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> pb.TransferStatus:
-        """Push ``rows`` (tokens from ``start_token`` on) and return once all are in the pool.
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, transport: str = "auto") -> pb.TransferStatus:
+        """Send ``rows`` (tokens from ``start_token`` on) and return once all are in the pool.
 
-        ``rows`` is bytes, a numpy array or a torch tensor of whole rows. The call waits while the
-        receiver's window is full (the server holds the stream) and may start before the receiver
-        opens the transfer. Raises ``TransferFailed`` if the transfer is aborted or times out.
+        ``rows`` is bytes, a numpy array or a torch tensor of whole rows. ``transport`` says how
+        they travel (``kvferry.client.transports``): ``auto`` writes them straight into the pool
+        when it is on this host (CUDA IPC for a GPU pool, shared memory for a CPU pool) and
+        pushes them through gRPC otherwise. The call waits while the receiver's window is full and
+        may start before the receiver opens the transfer. Raises ``TransferFailed`` if the
+        transfer is aborted or times out, ``TransportUnavailable`` if the transport named cannot
+        work from here.
         """
         info = await self.pool_info()
+        way, pool = await self._pick(transport, info)
+        if way != "grpc":
+            return await self._send_one_sided(way, pool, transfer_id, rows, total_tokens,
+                                              metadata, start_token, info.row_bytes)
         row_bytes = info.row_bytes
         view = as_row_bytes(rows, row_bytes)
         ntokens = len(view) // row_bytes
@@ -171,11 +212,54 @@ class AsyncClient:
             raise
         return reply.status
 
+    async def _send_one_sided(self, way: str, pool: Writer, transfer_id: str, rows: Any,
+                              total_tokens: int | None, metadata: bytes, start_token: int,
+                              row_bytes: int) -> pb.TransferStatus:
+        """Attach, then for each grant: write the rows into the pool, wait until they landed,
+        commit. A grant not fully committed when this returns or raises is detached (the writer
+        says it stopped), so its blocks are never fenced longer than needed."""
+        src = source_rows(way, rows, row_bytes)
+        end = start_token + len(src)
+        total = end if total_tokens is None else total_tokens
+        grants = self.stub.Attach(pb.AttachRequest(transfer_id=transfer_id, total_tokens=total,
+                                                   metadata=metadata, transport=way),
+                                  metadata=self._md)
+        lent = None  # the epoch of a grant not yet fully committed
+        try:
+            async for grant in grants:
+                if grant.start_token < start_token:
+                    raise ValueError(f"transfer {transfer_id!r} needs rows from token "
+                                     f"{grant.start_token}; this call has them from {start_token}")
+                upto = min(end, grant.start_token + grant.tokens)
+                if upto <= grant.start_token:  # every row of this call is delivered already
+                    return await self.poll(transfer_id)
+                lent = grant.epoch
+                await asyncio.to_thread(pool.write, grant, src, start_token, upto)  # landed on return
+                reply = await self.stub.Commit(pb.CommitRequest(
+                    transfer_id=transfer_id, epoch=grant.epoch, start_token=grant.start_token,
+                    tokens=upto - grant.start_token), metadata=self._md)
+                if upto == grant.start_token + grant.tokens:
+                    lent = None
+                if reply.status.sent_tokens >= end or reply.status.state == SUCCESS:
+                    return reply.status
+            raise TransferFailed(transfer_id, "the Attach stream ended before every row was sent "
+                                 "(is the server stopping?)")
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.ABORTED:
+                raise TransferFailed(transfer_id, e.details() or "aborted") from e
+            raise
+        finally:
+            grants.cancel()
+            if lent is not None:
+                await _quietly(self.stub.Detach(pb.DetachRequest(transfer_id=transfer_id, epoch=lent),
+                                                metadata=self._md))
+
     # -- receiver ------------------------------------------------------------------------------
 
     async def receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
                       release: bool = True, wait_open: float = 30.0,
-                      check_metadata: Callable[[bytes], None] | None = None) -> AsyncGenerator[Window, None]:
+                      check_metadata: Callable[[bytes], None] | None = None,
+                      transport: str = "auto") -> AsyncGenerator[Window, None]:
         """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
         The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
@@ -185,14 +269,28 @@ class AsyncClient:
         in the loop body does that). ``check_metadata`` sees the sender's metadata as soon as it
         attaches and may raise to refuse the transfer. If the consumer stops early or anything
         raises, the transfer is aborted with the reason so the sender learns at once; it is
-        released at the end either way (when ``release``).
+        released at the end either way (when ``release``). ``transport``: how a full window is
+        read: ``shm`` copies it straight out of a CPU pool mapped from shared memory (same host),
+        ``grpc`` reads it with Read; ``auto`` takes ``shm`` where it works.
         """
+        check_transport(transport)
+        if transport == "cuda-ipc":
+            raise ValueError("receive reads windows with transport 'shm' or 'grpc'; map a GPU "
+                             "pool with map_pool() to take windows as tensors")
         if open:
             await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id, window_tokens=window_tokens),
                                  metadata=self._md)
         else:
             await self._wait_for(transfer_id, wait_open)
-        row_bytes = (await self.pool_info()).row_bytes
+        info = await self.pool_info()
+        row_bytes = info.row_bytes
+        mapped: ShmPool | None = None
+        if transport == "shm" or (transport == "auto" and why_not("shm", info) is None):
+            try:
+                mapped = await self._map("shm", info)
+            except TransportUnavailable:
+                if transport == "shm":
+                    raise
         handed_out = 0  # sent_tokens at the end of the last window yielded
         checked = check_metadata is None
         reason = "receiver stopped before the last window"
@@ -208,9 +306,7 @@ class AsyncClient:
                 full = st.window_filled_tokens == st.window_tokens or st.state == SUCCESS
                 if not (full and st.window_filled_tokens and st.sent_tokens > handed_out):
                     continue
-                data = b"".join([m.rows async for m in
-                                 self.stub.Read(pb.ReadRequest(transfer_id=transfer_id),
-                                                metadata=self._md)])
+                data = await self._read_window(transfer_id, st, mapped)
                 last = st.state == SUCCESS
                 yield Window(transfer_id, st.window_start_token, data, row_bytes, st.total_tokens,
                              st.metadata, last)
@@ -235,6 +331,22 @@ class AsyncClient:
                 await _quietly(self.abort(transfer_id, reason))
             if release:
                 await _quietly(self.release(transfer_id))
+
+    async def _read_window(self, transfer_id: str, st: pb.TransferStatus,
+                           mapped: ShmPool | None) -> bytes:
+        """The full window's rows: one copy out of the mapped pool, or a Read."""
+        if mapped is None:
+            return b"".join([m.rows async for m in self.stub.Read(
+                pb.ReadRequest(transfer_id=transfer_id), metadata=self._md)])
+        views = mapped.window(st)
+        data = views[0].tobytes() if len(views) == 1 else b"".join(v.data for v in views)
+        # The window stays the receiver's until it resumes, unless the transfer failed and its
+        # blocks went to another: then the copy may hold their rows, and must not be handed out.
+        now = await self.poll(transfer_id)
+        if now.window_epoch != st.window_epoch:
+            raise TransferFailed(transfer_id, now.failure_reason or "the window was freed while "
+                                 "it was being read", now)
+        return data
 
     async def _wait_for(self, transfer_id: str, seconds: float) -> None:
         deadline = asyncio.get_running_loop().time() + seconds

@@ -27,7 +27,9 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from kvferry.client.grants import grant_runs
 from kvferry.client.host import host_id
+from kvferry.client.limits import TransportUnavailable
 from kvferry.v1 import transfer_pb2 as pb
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ IPC_FIELDS = (
 )
 
 
-class IpcUnavailable(RuntimeError):
+class IpcUnavailable(TransportUnavailable):
     """CUDA IPC cannot work from this process; the message says why."""
 
 
@@ -115,6 +117,29 @@ class MappedPool:
         })
         self.block_tokens = export.block_tokens
         self.row_bytes = export.row_bytes
+        self._stream: torch.cuda.Stream | None = None
+
+    def write(self, grant: pb.Grant, rows: torch.Tensor, first_token: int, end: int) -> None:
+        """Copy the granted tokens below ``end`` from ``rows`` (uint8 [n, row_bytes], on any GPU
+        or the CPU, holding tokens ``first_token ...``) into the pool, on a stream of the pool's
+        GPU with that GPU current, so a copy from another GPU goes peer to peer (torch enables
+        peer access where the two GPUs can reach each other) rather than through the host.
+        Returns once the rows have landed."""
+        import torch
+
+        dst = self.tensor.device
+        flat = self.tensor.view(-1, self.row_bytes)
+        with torch.cuda.device(dst):
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(dst)
+            stream = self._stream
+            if rows.is_cuda:  # the rows may still be being produced on the caller's stream
+                stream.wait_stream(torch.cuda.current_stream(rows.device))
+            with torch.cuda.stream(stream):
+                for run in grant_runs(grant, end):
+                    src = run.token - first_token
+                    flat[run.row:run.row + run.tokens].copy_(rows[src:src + run.tokens], non_blocking=True)
+            stream.synchronize()
 
     def window(self, status: Any) -> list[torch.Tensor]:
         """Views of the current window's filled rows, one per block, in token order."""

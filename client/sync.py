@@ -68,9 +68,7 @@ class Client:
 
     def map_pool(self) -> Any:
         """See ``AsyncClient.map_pool``."""
-        from kvferry.client.cuda_ipc import MappedPool
-
-        return MappedPool(self.export_pool())
+        return self._run(self._aio.map_pool())
 
     def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
              metadata: bytes = b"", start_token: int = 0, **kwargs: Any) -> pb.TransferStatus:

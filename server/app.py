@@ -28,7 +28,7 @@ from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pipeline import Pipeline
 from kvferry.server.service import TransferService
 from kvferry.server.status_cache import StatusCache
-from kvferry.server.storage import open_storage
+from kvferry.server.storage import BlockStorage, open_storage
 from kvferry.statemachine import Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -49,6 +49,7 @@ class Server:
     grpc_port: int
     metrics_port: int
     listener: ShellListener
+    storage: BlockStorage
     _metrics_httpd: object = field(repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -88,11 +89,20 @@ class Server:
             log.warning("shutdown: %d live transfer(s) failed after the %gs grace", left, grace)
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()) or 0.5)
         self._metrics_httpd.shutdown()  # type: ignore[attr-defined]
+        self.storage.close()
 
 
 async def start(config: ServerConfig) -> Server:
     storage = open_storage(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
-                           config.max_message_bytes)
+                           config.max_message_bytes, config.shm_dir)
+    try:
+        return await _start(config, storage)
+    except BaseException:
+        storage.close()  # a server that never served leaves no shared-memory file behind
+        raise
+
+
+async def _start(config: ServerConfig, storage: BlockStorage) -> Server:
     registry = CollectorRegistry()
     notifier = ChangeNotifier()
     statuses = StatusCache()
@@ -133,7 +143,8 @@ async def start(config: ServerConfig) -> Server:
     await server.start()
     for name in (*READINESS_SERVICES, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(config, coord, server, health_servicer, port, httpd.server_port, listener, httpd)
+    return Server(config, coord, server, health_servicer, port, httpd.server_port, listener, storage,
+                  httpd)
 
 
 async def serve(config: ServerConfig) -> None:

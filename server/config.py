@@ -32,10 +32,12 @@ class ServerConfig:
     stall_timeout: float = 60.0
     retention: float = 300.0
     lease_timeout: float = 30.0
+    fence_timeout: float = 60.0
     shutdown_grace: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
     max_transfers: int = 10_000
     max_streams: int = 4_096
+    shm_dir: str = "/dev/shm"
     auth_token_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -68,7 +70,7 @@ class ServerConfig:
                       default_window_tokens=self.default_window_tokens,
                       bootstrap_timeout=self.bootstrap_timeout, stall_timeout=self.stall_timeout,
                       retention=self.retention, lease_timeout=self.lease_timeout,
-                      max_transfers=self.max_transfers)
+                      max_transfers=self.max_transfers, fence_timeout=self.fence_timeout)
 
     def read_auth_token(self) -> str | None:
         if not self.auth_token_file:
@@ -107,6 +109,10 @@ _HELP: dict[str, str] = {
     "retention": "seconds a finished transfer stays readable before it is released for you",
     "lease_timeout": "seconds a receiver may go without a call (Poll, Watch, Read, Resume; an open "
                      "Watch counts) before its transfer FAILs as lease_expired",
+    "fence_timeout": "seconds blocks lent to a one-sided writer stay fenced after their transfer "
+                     "failed, unless the writer commits them or detaches first",
+    "shm_dir": "memory-backed directory holding a CPU pool, shared with same-host senders "
+               "(a Memory emptyDir shared by the pods in Kubernetes)",
     "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
     "max_transfers": "transfers held at once (live or unreleased); Open beyond: RESOURCE_EXHAUSTED",

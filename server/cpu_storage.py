@@ -1,26 +1,37 @@
-"""A pool in host memory: rows are copied straight into a numpy view, and Read sends views of it."""
+"""A pool in host memory, in a shared-memory file (``kvferry.client.shm``): Push copies rows in
+with numpy, Read sends views of it, and same-host senders and receivers map it themselves
+(transport "shm")."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from kvferry.client import shm
 from kvferry.server.storage import Landing, PoolUnavailable
 from kvferry.statemachine import Segment
 from kvferry.v1 import transfer_pb2 as pb
 
+log = logging.getLogger("kvferry")
+
 
 class CpuStorage:
-    def __init__(self, num_blocks: int, block_tokens: int, row_bytes: int) -> None:
+    transports: tuple[str, ...] = ("shm",)
+
+    def __init__(self, num_blocks: int, block_tokens: int, row_bytes: int, shm_dir: str) -> None:
         self.row_bytes = row_bytes
-        nbytes = num_blocks * block_tokens * row_bytes
+        for name in shm.sweep(shm_dir):
+            log.warning("removed %s/%s, left by a kvferry server that was killed", shm_dir, name)
         try:
-            self.rows = np.empty((num_blocks, block_tokens, row_bytes), dtype=np.uint8)
-        except (MemoryError, ValueError) as e:
-            raise PoolUnavailable(f"cannot allocate a {nbytes / 2**30:.2f} GiB pool in host "
-                                  f"memory: {e}") from e
+            self._pool = shm.create(shm_dir, num_blocks, block_tokens, row_bytes)
+        except shm.ShmUnavailable as e:
+            raise PoolUnavailable(str(e)) from e
+        self.rows = self._pool.rows
+        self.shm_path = self._pool.path
 
     async def write(self, segments: Sequence[Segment], rows: bytes | memoryview, first_row: int,
                     landing: Landing) -> None:
@@ -37,13 +48,15 @@ class CpuStorage:
     async def views(self, segments: Sequence[Segment], check: Callable[[], None]
                     ) -> AsyncIterator[tuple[list[memoryview], int]]:
         check()
-        yield ([_bytes_view(self.rows[s.block, s.offset:s.offset + s.tokens]) for s in segments],
+        yield ([self.rows[s.block, s.offset:s.offset + s.tokens].data.cast("B") for s in segments],
                sum(s.tokens for s in segments))
 
     def export(self) -> pb.ExportPoolResponse:
         raise PoolUnavailable("the pool is on the CPU: CUDA IPC needs a server started with "
-                              "--device cuda:N; read windows with Read instead")
+                              "--device cuda:N; map the CPU pool through shared memory "
+                              "(client.map_pool(), transport 'shm') or use Read")
 
-
-def _bytes_view(a: np.ndarray) -> memoryview:
-    return a.data.cast("B")
+    def close(self) -> None:
+        """Remove the pool file (mappings that senders still hold stay valid until they go)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.shm_path)

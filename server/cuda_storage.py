@@ -26,6 +26,9 @@ STAGING_BUFFERS = 4
 
 
 class CudaStorage:
+    transports: tuple[str, ...] = ("cuda-ipc",)
+    shm_path = ""
+
     def __init__(self, num_blocks: int, block_tokens: int, row_bytes: int, device: str,
                  max_message_bytes: int) -> None:
         self.row_bytes = row_bytes
@@ -84,6 +87,9 @@ class CudaStorage:
 
     def export(self) -> pb.ExportPoolResponse:
         return share_cuda_tensor(self.tensor)
+
+    def close(self) -> None:
+        """The tensor goes with the process; mappings other processes hold stay valid until then."""
 
     @contextlib.asynccontextmanager
     async def _staged(self) -> AsyncIterator[torch.Tensor]:

@@ -84,11 +84,23 @@ class CoordinatorCollector(Collector):
         for s in State:
             by_state.add_metric([s.name.lower()], c.state_counts[s])
         yield by_state
-        blocks = GaugeMetricFamily("kvferry_pool_blocks", "Pool blocks, by state.", labels=["state"])
-        free = c.allocator.free_count
+        blocks = GaugeMetricFamily("kvferry_pool_blocks", "Pool blocks, by state (quarantined: "
+                                   "fenced until a one-sided writer of a failed transfer stops).",
+                                   labels=["state"])
+        free, fenced = c.allocator.free_count, c.quarantine.blocks
         blocks.add_metric(["free"], free)
-        blocks.add_metric(["used"], c.allocator.num_blocks - free)
+        blocks.add_metric(["used"], c.allocator.num_blocks - free - fenced)
+        blocks.add_metric(["quarantined"], fenced)
         yield blocks
+        lifted = CounterMetricFamily("kvferry_fences_lifted", "Fences lifted (by=commit or detach: "
+                                     "the writer said it stopped; timeout: --fence-timeout passed "
+                                     "first).", labels=["by"])
+        for by, n in list(totals.fences_lifted.items()):
+            lifted.add_metric([by], n)
+        yield lifted
+        yield CounterMetricFamily("kvferry_commit_duplicates", "One-sided commits of rows already "
+                                  "delivered (retries), answered without change.",
+                                  value=totals.commit_duplicates)
         yield GaugeMetricFamily("kvferry_pool_block_tokens", "Rows (tokens) per pool block.",
                                 value=c.limits.block_tokens)
         yield GaugeMetricFamily("kvferry_pool_row_bytes", "Bytes per row.", value=self._row_bytes)

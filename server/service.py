@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar
 
+from kvferry.client.host import host_id
 from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache, status_of, wire_state
@@ -46,6 +47,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         self.read_rows = max(1, READ_MESSAGE_BUDGET // config.row_bytes)
         self.clock = time.monotonic
         self.started_at = self.clock()
+        self.host_id = host_id()
         self.streams = 0
 
     @contextlib.contextmanager
@@ -71,7 +73,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
             resumes_waiting=c.resumes_waiting, resumes_applied=totals.resumes_applied,
             resume_duplicates=sum(totals.duplicates.values()),
             transfers_started=totals.started, tokens_received=totals.tokens_received,
-            uptime_seconds=self.clock() - self.started_at, draining=c.draining)
+            uptime_seconds=self.clock() - self.started_at, draining=c.draining,
+            fence_timeouts=totals.fences_lifted["timeout"])
 
     async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
         size = request.page_size or 100
@@ -99,7 +102,9 @@ class TransferService(pb_grpc.TransferServiceServicer):
             block_tokens=c.limits.block_tokens, num_blocks=c.limits.num_blocks,
             free_blocks=c.allocator.free_count, row_bytes=self.row_bytes,
             device=self.config.device, default_window_tokens=c.limits.default_window_tokens,
-            max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers))
+            max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers),
+            transports=["grpc", *self.storage.transports], host_id=self.host_id,
+            shm_path=self.storage.shm_path, quarantined_blocks=c.quarantine.blocks)
 
     async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
         t = self.coord.open(request.transfer_id, request.window_tokens, self.clock())
@@ -180,7 +185,40 @@ class TransferService(pb_grpc.TransferServiceServicer):
                                   "transfer_id and total_tokens")
         return pb.PushResponse(status=status_of(t))
 
-    async def _attach(self, msg: PushMessage | pb.PushRequest) -> Transfer:
+    # -- one-sided sender ----------------------------------------------------------------------
+
+    async def Attach(self, request: pb.AttachRequest, context: Any) -> AsyncIterator[pb.Grant]:
+        if request.transport not in self.storage.transports:
+            raise InvalidArgument(f"transport {request.transport!r} is not offered here: this "
+                                  f"server's pool on {self.config.device} offers "
+                                  f"{list(self.storage.transports)} to one-sided senders; or Push")
+        with self._stream_slot():
+            t = await self._attach(request)
+            lent = -1
+            while True:
+                if t.state is State.FAILED:
+                    raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}")
+                if t.state is State.SUCCESS or t.released:
+                    return
+                g = self.coord.grant(t.transfer_id)
+                if g is not None and g.epoch != lent:
+                    lent = g.epoch
+                    yield pb.Grant(epoch=g.epoch, start_token=g.start_token, tokens=g.tokens,
+                                   window_start_token=g.window_start_token,
+                                   block_indices=g.blocks, block_tokens=self.coord.limits.block_tokens)
+                    continue  # the yield awaited: look again before waiting
+                await self.notifier.wait(t.transfer_id)
+
+    async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
+        r = self.coord.commit(request.transfer_id, request.epoch, request.start_token,
+                              request.tokens, self.clock())
+        return pb.CommitResponse(status=status_of(r.transfer), duplicate=r.duplicate)
+
+    async def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DetachResponse:
+        return pb.DetachResponse(freed_blocks=self.coord.detach(request.transfer_id, request.epoch,
+                                                                self.clock()))
+
+    async def _attach(self, msg: PushMessage | pb.PushRequest | pb.AttachRequest) -> Transfer:
         """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout."""
         deadline = self.clock() + self.config.bootstrap_timeout
         while True:

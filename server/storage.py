@@ -1,8 +1,9 @@
 """Where a pool's rows live, behind one small protocol: the service copies rows in and out through
 ``BlockStorage`` and never asks which kind it holds.
 
-Kinds: ``CpuStorage`` (host memory, ``cpu_storage.py``) and ``CudaStorage`` (one GPU,
-``cuda_storage.py``). Every kind holds one uint8 tensor [num_blocks, block_tokens, row_bytes].
+Kinds: ``CpuStorage`` (host memory in a shared-memory file, ``cpu_storage.py``) and
+``CudaStorage`` (one GPU, ``cuda_storage.py``). Every kind holds one uint8 array
+[num_blocks, block_tokens, row_bytes], and says which one-sided transports can reach it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class PoolUnavailable(RuntimeError):
 
 class BlockStorage(Protocol):
     row_bytes: int
+    # The one-sided transports this kind offers same-host senders ("shm", "cuda-ipc").
+    transports: tuple[str, ...]
+    # The shared-memory file of a CPU pool; "" for other kinds.
+    shm_path: str
 
     async def write(self, segments: Sequence[Segment], rows: bytes | memoryview, first_row: int,
                     landing: Landing) -> None:
@@ -43,17 +48,20 @@ class BlockStorage(Protocol):
         the caller's)."""
 
     def export(self) -> pb.ExportPoolResponse:
-        """What a same-host client needs to map the pool (fields of ExportPoolResponse), or
-        ``PoolUnavailable`` saying why this kind cannot be mapped."""
+        """What a same-host client needs to map the pool through CUDA IPC, or
+        ``PoolUnavailable`` saying why this kind cannot be mapped so."""
+
+    def close(self) -> None:
+        """Give the pool's memory back (a shared-memory file is removed)."""
 
 
 def open_storage(num_blocks: int, block_tokens: int, row_bytes: int, device: str,
-                 max_message_bytes: int) -> BlockStorage:
+                 max_message_bytes: int, shm_dir: str) -> BlockStorage:
     """The storage kind for ``device`` ("cpu" or "cuda:N")."""
     if device == "cpu":
         from kvferry.server.cpu_storage import CpuStorage
 
-        return CpuStorage(num_blocks, block_tokens, row_bytes)
+        return CpuStorage(num_blocks, block_tokens, row_bytes, shm_dir)
     from kvferry.server.cuda_storage import CudaStorage
 
     return CudaStorage(num_blocks, block_tokens, row_bytes, device, max_message_bytes)

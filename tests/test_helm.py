@@ -89,6 +89,7 @@ def test_default_values_map_one_to_one_onto_serve_flags() -> None:
     assert cfg.max_message_bytes == s["maxMessageBytes"]
     assert (cfg.lease_timeout, cfg.max_transfers, cfg.max_streams) == (
         s["leaseTimeout"], s["maxTransfers"], s["maxStreams"])
+    assert cfg.fence_timeout == s["fenceTimeout"]
     assert not cfg.auth_token_file and not cfg.tls_cert
     # The chart's defaults are the server's defaults, but for the bind address.
     from kvferry.server.config import ServerConfig
@@ -182,7 +183,7 @@ def test_monitoring_objects_only_when_enabled(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: `make test-deps` installs Debian's prometheus"
     check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
-    assert check.returncode == 0 and "5 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "6 rules found" in check.stdout, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize("bad", [
@@ -232,3 +233,16 @@ def test_dockerfile_matches_the_chart() -> None:
     assert ".venv" in ignored and ".git" in ignored
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "kvferry" in scripts
+
+
+def test_a_cpu_pool_gets_a_shared_memory_volume_that_holds_it() -> None:
+    docs = render({"server": {"numBlocks": 64, "blockTokens": 128, "rowBytes": 4096}})
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert int(shm["emptyDir"]["sizeLimit"]) == 64 * 128 * 4096 + 64 * 2**20  # the pool, and room
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container(docs)["volumeMounts"]
+    assert parsed_args(container(docs)).shm_dir == "/dev/shm"
+    gpu = render({"server": {"device": "cuda:0"}})
+    gpu_pod = next(d for d in gpu if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert "shm" not in [v["name"] for v in gpu_pod["volumes"]]

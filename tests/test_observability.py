@@ -97,7 +97,7 @@ def test_dashboard_and_rules_name_only_exported_metrics(busy_server: ServerProce
     exported = exported_names(busy_server)
     exprs = dashboard_exprs()
     rule_exprs = [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-    assert len(rule_exprs) == 5 and len(exprs) > 15
+    assert len(rule_exprs) == 6 and len(exprs) > 15
     exprs += rule_exprs
     for expr in exprs:
         named = set(METRIC.findall(expr))
@@ -182,7 +182,7 @@ def test_real_prometheus_scrapes_the_seed_scenario(tmp_path: Path) -> None:
             'grpc_method="Resume",grpc_code="OK"}', 9)
         print("PromQL grpc_server_handled_total{grpc_method=\"Resume\",grpc_code=\"OK\"} ->", handled)
         prom.wait_for_value('sum(grpc_server_handled_total{grpc_method="Open"})', 1)
-        prom.wait_for_value('grpc_server_handled_total{grpc_method="Push",grpc_code="OK"}', 1)
+        prom.wait_for_value('grpc_server_handled_total{grpc_method="Attach",grpc_code="OK"}', 1)  # shm: one-sided
         prom.wait_for_value('kvferry_transfers_finished_total{outcome="success"}', 1)
         prom.wait_for_value('kvferry_transfers_released_total{by="client"}', 1)
         prom.wait_for_value('kvferry_pool_blocks{state="used"}', 0)
@@ -190,7 +190,8 @@ def test_real_prometheus_scrapes_the_seed_scenario(tmp_path: Path) -> None:
         rules = json.loads(prom._get("/api/v1/rules"))["data"]["groups"]
         assert [r["name"] for g in rules for r in g["rules"]] == [
             "KvferryTransfersTimingOut", "KvferryDuplicateResumeStorm",
-            "KvferryResumesWaitingForBlocks", "KvferryPoolNearlyFull", "KvferryHighFailureRatio"]
+            "KvferryResumesWaitingForBlocks", "KvferryPoolNearlyFull", "KvferryHighFailureRatio",
+            "KvferryBlocksQuarantined"]
         assert prom.query("ALERTS") == []
     finally:
         prom.stop()

@@ -66,9 +66,15 @@ def test_health_is_exempt_and_the_right_token_works(authed: ServerProcess) -> No
         assert info.num_blocks == 32
     with Client(authed.target, token=TOKEN) as c:
         assert c.pool_info().row_bytes == 64
-    assert authed.metric("grpc_server_handled_total",
-                         'grpc_code="Unauthenticated",grpc_method="Open",'
-                         'grpc_service="kvferry.v1.TransferService",grpc_type="unary"') >= 4
+    refused = ('grpc_code="Unauthenticated",grpc_method="Open",'
+               'grpc_service="kvferry.v1.TransferService",grpc_type="unary"')
+    before = authed.metric("grpc_server_handled_total", refused)
+    ch, stub = authed.stub()
+    with ch:
+        for _ in range(4):
+            with pytest.raises(grpc.RpcError):
+                stub.Open(pb.OpenRequest(transfer_id="no-token"))
+    assert authed.metric("grpc_server_handled_total", refused) == before + 4
 
 
 def test_tls_and_mtls(pki: dict[str, Path]) -> None:

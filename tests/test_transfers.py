@@ -17,6 +17,8 @@ from kvserver import ServerProcess, async_wait_until, start_server
 
 PUSH_LABELS = ('grpc_method="Push",grpc_service="kvferry.v1.TransferService",'
                'grpc_type="client_stream"')
+ATTACH_LABELS = ('grpc_method="Attach",grpc_service="kvferry.v1.TransferService",'
+                 'grpc_type="server_stream"')
 
 
 def payload(n: int, row_bytes: int, seed: int = 1) -> np.ndarray:
@@ -30,26 +32,28 @@ async def receive_all(client: AsyncClient, tid: str, window: int = 64, **kw) -> 
     return b"".join(w.data for w in windows), windows
 
 
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
 @pytest.mark.parametrize("sender_first", [True, False])
-def test_either_side_may_arrive_first(seed: ServerProcess, sender_first: bool) -> None:
+def test_either_side_may_arrive_first(seed: ServerProcess, sender_first: bool, transport: str) -> None:
     data = payload(300, seed.flags["row_bytes"])
+    labels = ATTACH_LABELS if transport == "shm" else PUSH_LABELS
 
     async def main() -> tuple[bytes, pb.TransferStatus, list]:
         async with AsyncClient(seed.target) as rx, AsyncClient(seed.target) as tx:
-            pushes = seed.metric("grpc_server_started_total", PUSH_LABELS)
+            calls = seed.metric("grpc_server_started_total", labels)
             if sender_first:
-                send = asyncio.create_task(tx.send("order", data, metadata=b"m"))
+                send = asyncio.create_task(tx.send("order", data, metadata=b"m", transport=transport))
 
-                async def push_arrived() -> bool:
-                    return seed.metric("grpc_server_started_total", PUSH_LABELS) > pushes
+                async def sender_arrived() -> bool:
+                    return seed.metric("grpc_server_started_total", labels) > calls
 
-                await async_wait_until(push_arrived, "the Push reaching the server")
-                assert not send.done()  # the Push waits for the Open
+                await async_wait_until(sender_arrived, f"the sender's call ({transport}) reaching the server")
+                assert not send.done()  # the sender waits for the Open
                 got, windows = await receive_all(rx, "order")
             else:
                 recv = asyncio.create_task(receive_all(rx, "order"))
                 await async_wait_until(lambda: rx.poll("order"), "the receiver's Open")
-                send = asyncio.create_task(tx.send("order", data, metadata=b"m"))
+                send = asyncio.create_task(tx.send("order", data, metadata=b"m", transport=transport))
                 got, windows = await recv
             return got, await send, windows
 

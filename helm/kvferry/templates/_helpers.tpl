@@ -71,6 +71,10 @@ app.kubernetes.io/part-of: kvferry
 - --stall-timeout={{ .Values.server.stallTimeout }}
 - --retention={{ .Values.server.retention }}
 - --lease-timeout={{ .Values.server.leaseTimeout }}
+- --fence-timeout={{ .Values.server.fenceTimeout }}
+{{- if eq .Values.server.device "cpu" }}
+- --shm-dir=/dev/shm
+{{- end }}
 - --max-transfers={{ .Values.server.maxTransfers | int64 }}
 - --max-streams={{ .Values.server.maxStreams | int64 }}
 - --shutdown-grace={{ .Values.server.shutdownGrace }}

@@ -23,7 +23,7 @@ TRANSFER_STATE_SUCCESS: TransferState
 TRANSFER_STATE_FAILED: TransferState
 
 class TransferStatus(_message.Message):
-    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks")
+    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks", "window_epoch")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class TransferStatus(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     LAST_RESUME_SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_EPOCH_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     state: TransferState
     total_tokens: int
@@ -50,14 +51,15 @@ class TransferStatus(_message.Message):
     metadata: bytes
     last_resume_sent_tokens: int
     waiting_for_blocks: bool
-    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ...) -> None: ...
+    window_epoch: int
+    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ..., window_epoch: _Optional[int] = ...) -> None: ...
 
 class GetPoolInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PoolInfo(_message.Message):
-    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers")
+    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks")
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +68,10 @@ class PoolInfo(_message.Message):
     DEFAULT_WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SHM_PATH_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     block_tokens: int
     num_blocks: int
     free_blocks: int
@@ -74,7 +80,11 @@ class PoolInfo(_message.Message):
     default_window_tokens: int
     max_message_bytes: int
     transfers: int
-    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ...) -> None: ...
+    transports: _containers.RepeatedScalarFieldContainer[str]
+    host_id: str
+    shm_path: str
+    quarantined_blocks: int
+    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
     __slots__ = ("transfer_id", "window_tokens")
@@ -210,6 +220,68 @@ class ExportPoolResponse(_message.Message):
     row_bytes: int
     def __init__(self, host_id: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., storage_size_bytes: _Optional[int] = ..., storage_offset_bytes: _Optional[int] = ..., ref_counter_handle: _Optional[bytes] = ..., ref_counter_offset: _Optional[int] = ..., event_handle: _Optional[bytes] = ..., event_sync_required: _Optional[bool] = ..., num_blocks: _Optional[int] = ..., block_tokens: _Optional[int] = ..., row_bytes: _Optional[int] = ...) -> None: ...
 
+class AttachRequest(_message.Message):
+    __slots__ = ("transfer_id", "total_tokens", "metadata", "transport")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    total_tokens: int
+    metadata: bytes
+    transport: str
+    def __init__(self, transfer_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., metadata: _Optional[bytes] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("epoch", "start_token", "tokens", "window_start_token", "block_indices", "block_tokens")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    start_token: int
+    tokens: int
+    window_start_token: int
+    block_indices: _containers.RepeatedScalarFieldContainer[int]
+    block_tokens: int
+    def __init__(self, epoch: _Optional[int] = ..., start_token: _Optional[int] = ..., tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., block_tokens: _Optional[int] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("transfer_id", "epoch", "start_token", "tokens")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    START_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    epoch: int
+    start_token: int
+    tokens: int
+    def __init__(self, transfer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., start_token: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class CommitResponse(_message.Message):
+    __slots__ = ("status", "duplicate")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    duplicate: bool
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class DetachRequest(_message.Message):
+    __slots__ = ("transfer_id", "epoch")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    epoch: int
+    def __init__(self, transfer_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class DetachResponse(_message.Message):
+    __slots__ = ("freed_blocks",)
+    FREED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    freed_blocks: int
+    def __init__(self, freed_blocks: _Optional[int] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -223,7 +295,7 @@ class StateCount(_message.Message):
     def __init__(self, state: _Optional[_Union[TransferState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("pool", "transfers", "resumes_waiting", "resumes_applied", "resume_duplicates", "transfers_started", "tokens_received", "uptime_seconds", "draining")
+    __slots__ = ("pool", "transfers", "resumes_waiting", "resumes_applied", "resume_duplicates", "transfers_started", "tokens_received", "uptime_seconds", "draining", "fence_timeouts")
     POOL_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     RESUMES_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +305,7 @@ class StatsResponse(_message.Message):
     TOKENS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    FENCE_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     pool: PoolInfo
     transfers: _containers.RepeatedCompositeFieldContainer[StateCount]
     resumes_waiting: int
@@ -242,7 +315,8 @@ class StatsResponse(_message.Message):
     tokens_received: int
     uptime_seconds: float
     draining: bool
-    def __init__(self, pool: _Optional[_Union[PoolInfo, _Mapping]] = ..., transfers: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., resumes_waiting: _Optional[int] = ..., resumes_applied: _Optional[int] = ..., resume_duplicates: _Optional[int] = ..., transfers_started: _Optional[int] = ..., tokens_received: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    fence_timeouts: int
+    def __init__(self, pool: _Optional[_Union[PoolInfo, _Mapping]] = ..., transfers: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., resumes_waiting: _Optional[int] = ..., resumes_applied: _Optional[int] = ..., resume_duplicates: _Optional[int] = ..., transfers_started: _Optional[int] = ..., tokens_received: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., draining: _Optional[bool] = ..., fence_timeouts: _Optional[int] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "states")

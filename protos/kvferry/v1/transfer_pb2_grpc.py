@@ -94,6 +94,21 @@ class TransferServiceStub:
                 request_serializer=kvferry_dot_v1_dot_transfer__pb2.ListRequest.SerializeToString,
                 response_deserializer=kvferry_dot_v1_dot_transfer__pb2.ListResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_stream(
+                '/kvferry.v1.TransferService/Attach',
+                request_serializer=kvferry_dot_v1_dot_transfer__pb2.AttachRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_transfer__pb2.Grant.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/kvferry.v1.TransferService/Commit',
+                request_serializer=kvferry_dot_v1_dot_transfer__pb2.CommitRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_transfer__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Detach = channel.unary_unary(
+                '/kvferry.v1.TransferService/Detach',
+                request_serializer=kvferry_dot_v1_dot_transfer__pb2.DetachRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_transfer__pb2.DetachResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -185,6 +200,32 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request, context):
+        """One-sided sender (same host: transports "shm" and "cuda-ipc" in PoolInfo): attach, waiting
+        for the receiver's Open up to the bootstrap timeout, then receive a Grant for each window
+        it may write. Write the granted rows into the pool yourself, make sure they have landed
+        (a CUDA stream synchronized), then Commit them. Ends OK once the transfer is SUCCESS, and
+        ABORTED with the reason the moment it fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """One-sided sender: rows of a grant have landed in the pool; deliver them (as a Push would).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detach(self, request, context):
+        """One-sided sender: it will write no more into the window of `epoch`. Lifts that window's
+        fence if its transfer failed; gives the grant back if the transfer is live. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +288,21 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=kvferry_dot_v1_dot_transfer__pb2.ListRequest.FromString,
                     response_serializer=kvferry_dot_v1_dot_transfer__pb2.ListResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=kvferry_dot_v1_dot_transfer__pb2.AttachRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_transfer__pb2.Grant.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=kvferry_dot_v1_dot_transfer__pb2.CommitRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_transfer__pb2.CommitResponse.SerializeToString,
+            ),
+            'Detach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detach,
+                    request_deserializer=kvferry_dot_v1_dot_transfer__pb2.DetachRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_transfer__pb2.DetachResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -573,6 +629,87 @@ class TransferService:
             '/kvferry.v1.TransferService/List',
             kvferry_dot_v1_dot_transfer__pb2.ListRequest.SerializeToString,
             kvferry_dot_v1_dot_transfer__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvferry.v1.TransferService/Attach',
+            kvferry_dot_v1_dot_transfer__pb2.AttachRequest.SerializeToString,
+            kvferry_dot_v1_dot_transfer__pb2.Grant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.TransferService/Commit',
+            kvferry_dot_v1_dot_transfer__pb2.CommitRequest.SerializeToString,
+            kvferry_dot_v1_dot_transfer__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.TransferService/Detach',
+            kvferry_dot_v1_dot_transfer__pb2.DetachRequest.SerializeToString,
+            kvferry_dot_v1_dot_transfer__pb2.DetachResponse.FromString,
             options,
             channel_credentials,
             insecure,

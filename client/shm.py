@@ -1,0 +1,152 @@
+"""A CPU pool in shared memory: created by the server, mapped by same-host senders (to write
+granted rows) and receivers (to read a full window without a copy through gRPC).
+
+The pool is one file in a memory-backed directory (``/dev/shm`` by default), laid out as uint8
+[num_blocks, block_tokens, row_bytes]. Its name carries the server's pid, so a server that
+starts after one was SIGKILLed removes what the dead one left (``sweep``).
+
+The server preallocates the whole file: a tmpfs that is too small (Docker's default /dev/shm is
+64 MiB) fails at start with a message, instead of a SIGBUS at the first row written past its end.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from kvferry.client.grants import grant_runs, window_runs
+from kvferry.client.host import host_id
+from kvferry.client.limits import TransportUnavailable
+from kvferry.v1 import transfer_pb2 as pb
+
+PREFIX = "kvferry-pool-"
+_NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+$")
+
+
+class ShmUnavailable(TransportUnavailable):
+    """The shared-memory pool cannot be used from here; the message says why."""
+
+
+class ShmPool:
+    """The pool file mapped into this process, as a numpy array [num_blocks, block_tokens, row_bytes]."""
+
+    def __init__(self, path: str, num_blocks: int, block_tokens: int, row_bytes: int,
+                 fd: int | None = None) -> None:
+        self.path = path
+        self.block_tokens = block_tokens
+        self.row_bytes = row_bytes
+        size = num_blocks * block_tokens * row_bytes
+        own = fd is None
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError as e:
+                raise ShmUnavailable(f"cannot open the shared-memory pool {path}: {e.strerror} "
+                                     f"(same host, same user and a shared {Path(path).parent}?)") from e
+        try:
+            if os.fstat(fd).st_size < size:
+                raise ShmUnavailable(f"{path} is {os.fstat(fd).st_size} bytes, not the pool's {size}")
+            self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            if own:
+                os.close(fd)
+        self.rows: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint8).reshape(
+            num_blocks, block_tokens, row_bytes)
+
+    @classmethod
+    def of(cls, info: pb.PoolInfo) -> ShmPool:
+        """Map the pool ``info`` describes, or ShmUnavailable saying why not."""
+        if "shm" not in info.transports or not info.shm_path:
+            raise ShmUnavailable(f"the server's pool is on {info.device} and not in shared "
+                                 f"memory (it offers {list(info.transports)})")
+        if info.host_id != host_id():
+            raise ShmUnavailable(f"the server runs on another host (boot id {info.host_id}, this "
+                                 f"one is {host_id()}): shared memory works on one host only")
+        return cls(info.shm_path, info.num_blocks, info.block_tokens, info.row_bytes)
+
+    @property
+    def flat(self) -> np.ndarray:
+        """The pool as [num_blocks * block_tokens, row_bytes]."""
+        return self.rows.reshape(-1, self.row_bytes)
+
+    def write(self, grant: pb.Grant, rows: np.ndarray, first_token: int, end: int) -> None:
+        """Copy the granted tokens below ``end`` from ``rows`` (uint8 [n, row_bytes], holding
+        tokens ``first_token ...``) into the pool; they have landed when this returns."""
+        flat = self.flat
+        for run in grant_runs(grant, end):
+            src = run.token - first_token
+            flat[run.row:run.row + run.tokens] = rows[src:src + run.tokens]
+
+    def window(self, status: pb.TransferStatus) -> list[np.ndarray]:
+        """Views of the current window's filled rows, in token order (one per run of adjacent
+        blocks). Valid until the Resume that frees the window: copy what you keep."""
+        flat = self.flat
+        return [flat[r.row:r.row + r.tokens] for r in window_runs(status, self.block_tokens)]
+
+    def close(self) -> None:
+        self.rows = np.empty((0, 0, 0), dtype=np.uint8)
+        try:
+            self._mmap.close()
+        except BufferError:  # a view someone still holds keeps the mapping; it goes with them
+            pass
+
+
+def create(directory: str, num_blocks: int, block_tokens: int, row_bytes: int) -> ShmPool:
+    """The server's pool file, preallocated (so a full tmpfs fails here, with a message)."""
+    size = num_blocks * block_tokens * row_bytes
+    path = os.path.join(directory, f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise ShmUnavailable(f"cannot create the pool in {directory}: {e.strerror}; give "
+                             f"--shm-dir a writable memory-backed directory") from e
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            free = os.statvfs(directory)
+            raise ShmUnavailable(
+                f"the pool needs {size / 2**30:.2f} GiB of shared memory in {directory}, which has "
+                f"{free.f_bavail * free.f_frsize / 2**30:.2f} GiB free ({e.strerror}): enlarge it "
+                f"(docker --shm-size, a Memory emptyDir's sizeLimit) or shrink the pool "
+                f"(--num-blocks, --block-tokens)") from e
+        return ShmPool(path, num_blocks, block_tokens, row_bytes, fd=fd)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def sweep(directory: str) -> list[str]:
+    """Remove pool files whose server process is gone (one that was SIGKILLed); returns them."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _NAME.match(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
