@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import core_figures, grpc_figures, wire_figures
+from bench import core_figures, grpc_figures, one_sided_figures, wire_figures
 from bench.report import print_report, run_plan, to_json
 
 
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks it runs")
     ap.add_argument("--json", default="", help="also write the figures here as JSON")
     ap.add_argument("--only", nargs="*", default=[],
-                    choices=["control", "resume", "data", "core", "allocator", "growth", "wire"])
+                    choices=["control", "resume", "data", "core", "allocator", "growth", "wire", "shm", "turnaround"])
     args = ap.parse_args(argv)
     smoke = args.smoke
     plan = {
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         "growth": lambda: grpc_figures.cost_growth(window_tokens=64 if smoke else 256,
                                                    window_counts=(1, 4) if smoke else (1, 10, 100),
                                                    live_counts=(5, 20) if smoke else (10, 100, 1000)),
+        "shm": lambda: one_sided_figures.shm_transfer(rounds=1 if smoke else 5,
+                                                      total_mib=16 if smoke else 256,
+                                                      window_mib=4 if smoke else 16),
+        "turnaround": lambda: one_sided_figures.window_turnaround(windows=10 if smoke else 300),
         "wire": lambda: wire_figures.decode_crossover((64, 128) if smoke else (32, 64, 128, 256, 1024),
                                                       number=20 if smoke else 2_000),
     }

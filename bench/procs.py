@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 from kvferry.testing import ServerProcess, launch
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -36,3 +39,13 @@ def echo_server(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> Iterat
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a client coroutine on uvloop where it is installed, as the server runs (and as a serving
+    stack on uvloop would): both sides of a figure on the same kind of loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 # Push messages stay inside gRPC's default 4 MiB limit, whatever the server accepts.
 DEFAULT_CHUNK_BYTES = MESSAGE_BUDGET
+# One-sided writes at least this large run in a thread, so the event loop (receives, other
+# transfers) goes on meanwhile; smaller ones are done inline.
+INLINE_WRITE_BYTES = 1 << 20
 
 # Calls that are safe to repeat are retried by gRPC itself on UNAVAILABLE. Resume is among them:
 # a repeat of an applied resume is answered as a duplicate, which is the point of the guard.
@@ -50,11 +53,13 @@ class TransferFailed(Exception):
 
 @dataclass(frozen=True)
 class Window:
-    """One window of received rows: tokens [start_token, start_token + num_tokens)."""
+    """One window of received rows: tokens [start_token, start_token + num_tokens). ``data`` is
+    the receiver's own copy, or with ``receive(views=True)`` a view into the mapped pool, valid
+    until the next window is asked for."""
 
     transfer_id: str
     start_token: int
-    data: bytes
+    data: bytes | memoryview
     row_bytes: int
     total_tokens: int
     metadata: bytes
@@ -234,7 +239,11 @@ class AsyncClient:
                 if upto <= grant.start_token:  # every row of this call is delivered already
                     return await self.poll(transfer_id)
                 lent = grant.epoch
-                await asyncio.to_thread(pool.write, grant, src, start_token, upto)  # landed on return
+                if (upto - grant.start_token) * row_bytes >= INLINE_WRITE_BYTES:
+                    await asyncio.to_thread(pool.write, grant, src, start_token, upto)
+                else:  # a thread hop costs more than a small copy
+                    pool.write(grant, src, start_token, upto)
+                # The rows have landed: write returns only then (a CUDA stream synchronized).
                 reply = await self.stub.Commit(pb.CommitRequest(
                     transfer_id=transfer_id, epoch=grant.epoch, start_token=grant.start_token,
                     tokens=upto - grant.start_token), metadata=self._md)
@@ -259,7 +268,7 @@ class AsyncClient:
     async def receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
                       release: bool = True, wait_open: float = 30.0,
                       check_metadata: Callable[[bytes], None] | None = None,
-                      transport: str = "auto") -> AsyncGenerator[Window, None]:
+                      transport: str = "auto", views: bool = False) -> AsyncGenerator[Window, None]:
         """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
         The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
@@ -271,7 +280,10 @@ class AsyncClient:
         raises, the transfer is aborted with the reason so the sender learns at once; it is
         released at the end either way (when ``release``). ``transport``: how a full window is
         read: ``shm`` copies it straight out of a CPU pool mapped from shared memory (same host),
-        ``grpc`` reads it with Read; ``auto`` takes ``shm`` where it works.
+        ``grpc`` reads it with Read; ``auto`` takes ``shm`` where it works. ``views``: with
+        ``shm``, yield each window as a view into the pool, no copy at all, valid until the next
+        window is asked for (then it is checked to have been the window's throughout, and the
+        window is resumed); keep what you need by copying it before that.
         """
         check_transport(transport)
         if transport == "cuda-ipc":
@@ -306,10 +318,18 @@ class AsyncClient:
                 full = st.window_filled_tokens == st.window_tokens or st.state == SUCCESS
                 if not (full and st.window_filled_tokens and st.sent_tokens > handed_out):
                     continue
-                data = await self._read_window(transfer_id, st, mapped)
+                if views and mapped is not None:
+                    data = _one_view(mapped.window(st))
+                else:
+                    data = await self._read_window(transfer_id, st, mapped)
                 last = st.state == SUCCESS
                 yield Window(transfer_id, st.window_start_token, data, row_bytes, st.total_tokens,
                              st.metadata, last)
+                if views and mapped is not None and not mapped.still_window(st):
+                    now = await self.poll(transfer_id)
+                    raise TransferFailed(transfer_id, now.failure_reason or "the window was freed "
+                                         "while its view was in use: what was read is not its rows",
+                                         now)
                 handed_out = st.sent_tokens
                 if last:
                     finished = True
@@ -342,8 +362,8 @@ class AsyncClient:
         data = views[0].tobytes() if len(views) == 1 else b"".join(v.data for v in views)
         # The window stays the receiver's until it resumes, unless the transfer failed and its
         # blocks went to another: then the copy may hold their rows, and must not be handed out.
-        now = await self.poll(transfer_id)
-        if now.window_epoch != st.window_epoch:
+        if not mapped.still_window(st):
+            now = await self.poll(transfer_id)
             raise TransferFailed(transfer_id, now.failure_reason or "the window was freed while "
                                  "it was being read", now)
         return data
@@ -358,6 +378,14 @@ class AsyncClient:
                 if e.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(0.02)
+
+
+def _one_view(views: list[np.ndarray]) -> memoryview | bytes:
+    """A window as one buffer: a view when its blocks are adjacent (the allocator's common
+    case), else a copy joining the runs."""
+    if len(views) == 1:
+        return views[0].reshape(-1).data
+    return b"".join(v.data for v in views)
 
 
 async def _quietly(call: Any) -> None:

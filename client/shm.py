@@ -1,9 +1,12 @@
 """A CPU pool in shared memory: created by the server, mapped by same-host senders (to write
 granted rows) and receivers (to read a full window without a copy through gRPC).
 
-The pool is one file in a memory-backed directory (``/dev/shm`` by default), laid out as uint8
-[num_blocks, block_tokens, row_bytes]. Its name carries the server's pid, so a server that
-starts after one was SIGKILLed removes what the dead one left (``sweep``).
+The pool is one file in a memory-backed directory (``/dev/shm`` by default): the rows, uint8
+[num_blocks, block_tokens, row_bytes], then one uint64 per block, the epoch of the window that
+holds it (0: none). The server sets a block's epoch before anyone else can be given the block,
+so a reader that copied a window and then finds its blocks still at the window's epoch read
+nothing but that window's rows, with no round trip to ask. Its name carries the server's pid, so
+a server that starts after one was SIGKILLed removes what the dead one left (``sweep``).
 
 The server preallocates the whole file: a tmpfs that is too small (Docker's default /dev/shm is
 64 MiB) fails at start with a message, instead of a SIGBUS at the first row written past its end.
@@ -40,7 +43,8 @@ class ShmPool:
         self.path = path
         self.block_tokens = block_tokens
         self.row_bytes = row_bytes
-        size = num_blocks * block_tokens * row_bytes
+        rows_size = num_blocks * block_tokens * row_bytes
+        size = file_size(num_blocks, block_tokens, row_bytes)
         own = fd is None
         if fd is None:
             try:
@@ -55,8 +59,10 @@ class ShmPool:
         finally:
             if own:
                 os.close(fd)
-        self.rows: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint8).reshape(
+        self.rows: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint8, count=rows_size).reshape(
             num_blocks, block_tokens, row_bytes)
+        self.epochs: np.ndarray = np.frombuffer(self._mmap, dtype=np.uint64, count=num_blocks,
+                                                offset=rows_size)
 
     @classmethod
     def of(cls, info: pb.PoolInfo) -> ShmPool:
@@ -88,17 +94,28 @@ class ShmPool:
         flat = self.flat
         return [flat[r.row:r.row + r.tokens] for r in window_runs(status, self.block_tokens)]
 
+    def still_window(self, status: pb.TransferStatus) -> bool:
+        """Whether every block of the window ``status`` describes still belongs to that window
+        (check after copying it: then the copy holds that window's rows only)."""
+        epochs = self.epochs
+        return all(int(epochs[b]) == status.window_epoch for b in status.block_indices)
+
     def close(self) -> None:
         self.rows = np.empty((0, 0, 0), dtype=np.uint8)
+        self.epochs = np.empty(0, dtype=np.uint64)
         try:
             self._mmap.close()
         except BufferError:  # a view someone still holds keeps the mapping; it goes with them
             pass
 
 
+def file_size(num_blocks: int, block_tokens: int, row_bytes: int) -> int:
+    return num_blocks * block_tokens * row_bytes + 8 * num_blocks
+
+
 def create(directory: str, num_blocks: int, block_tokens: int, row_bytes: int) -> ShmPool:
     """The server's pool file, preallocated (so a full tmpfs fails here, with a message)."""
-    size = num_blocks * block_tokens * row_bytes
+    size = file_size(num_blocks, block_tokens, row_bytes)
     path = os.path.join(directory, f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

@@ -106,7 +106,7 @@ async def _start(config: ServerConfig, storage: BlockStorage) -> Server:
     registry = CollectorRegistry()
     notifier = ChangeNotifier()
     statuses = StatusCache()
-    listener = ShellListener(notifier, TransferHistograms(registry), statuses)
+    listener = ShellListener(notifier, TransferHistograms(registry), statuses, storage)
     coord = Coordinator(config.limits(), listener)
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
 

@@ -56,6 +56,9 @@ class CpuStorage:
                               "--device cuda:N; map the CPU pool through shared memory "
                               "(client.map_pool(), transport 'shm') or use Read")
 
+    def mark_window(self, blocks: list[int], epoch: int) -> None:
+        self._pool.epochs[blocks] = epoch
+
     def close(self) -> None:
         """Remove the pool file (mappings that senders still hold stay valid until they go)."""
         with contextlib.suppress(FileNotFoundError):

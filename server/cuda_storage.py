@@ -88,6 +88,9 @@ class CudaStorage:
     def export(self) -> pb.ExportPoolResponse:
         return share_cuda_tensor(self.tensor)
 
+    def mark_window(self, blocks: list[int], epoch: int) -> None:
+        """IPC readers ask the server (Poll) instead: nothing to record."""
+
     def close(self) -> None:
         """The tensor goes with the process; mappings other processes hold stay valid until then."""
 

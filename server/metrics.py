@@ -17,7 +17,9 @@ from kvferry.statemachine import Coordinator, Listener, State, Transfer
 # *_created series double the scrape for no dashboard's benefit.
 disable_created_metrics()
 
-_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Sub-millisecond buckets too: a same-host one-sided window turns around in about a millisecond.
+_WAIT_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                 1, 2.5, 5, 10, 30, 60)
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 

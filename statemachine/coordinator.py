@@ -117,6 +117,10 @@ class Listener:
     def released(self, t: Transfer, by: str) -> None:
         """``t`` was forgotten: ``by`` is ``client`` or ``retention``."""
 
+    def window_blocks(self, blocks: list[int], epoch: int) -> None:
+        """``blocks`` now belong to the window of ``epoch``; epoch 0: to no window any more
+        (freed, fenced, or trimmed off). Reported before anyone else can be given them."""
+
     def deadline_sooner(self, deadline: float) -> None:
         """A timeout now falls due at ``deadline``, before any other: call ``expire`` then."""
 
@@ -274,6 +278,7 @@ class Coordinator:
                                     f"needs {want}; retry later or open a smaller window")
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
         t.window_epoch = t.opened_epoch = next(self._epochs)
+        self.listener.window_blocks(blocks, t.window_epoch)
         self.transfers[transfer_id] = t
         self.state_counts[t.state] += 1
         t.seq = next(self._opened)
@@ -353,7 +358,9 @@ class Coordinator:
             t.window_tokens = min(t.window_tokens, total_tokens)
             needed = self._blocks_for(t.window_tokens)
             # A short transfer gives back what it can never fill.
-            t.blocks = self.allocator.shrink(t.blocks, needed)
+            if needed < len(t.blocks):
+                self.listener.window_blocks(t.blocks[needed:], 0)
+                t.blocks = self.allocator.shrink(t.blocks, needed)
             self._must_fire("attach", t)
             t.last_progress_at = now
             self._serve_waiting()
@@ -597,6 +604,7 @@ class Coordinator:
         stopped, or the fence timeout."""
         if not t.blocks or t.write_in_flight:
             return
+        self.listener.window_blocks(t.blocks, 0)
         if t.lent_epoch == t.window_epoch:
             if now is None:  # every path that can meet a lent window passes the time
                 raise IllegalTransition(f"{t.transfer_id!r}: a lent window freed without a clock")
@@ -619,6 +627,7 @@ class Coordinator:
             del self._waiting[t.transfer_id]
             t.blocks = blocks
             t.blocks_wanted = 0
+            self.listener.window_blocks(blocks, t.window_epoch)
             self._changed(t)
 
     def _finish(self, t: Transfer, outcome: str, now: float) -> None:

@@ -130,3 +130,33 @@ def test_a_view_is_invalid_after_resume(gpu_server: ServerProcess) -> None:
     before, after = asyncio.run(main())
     assert before == first.tobytes()
     assert after == second.tobytes()  # same blocks, next window: the old view is stale
+
+
+@pytest.mark.parametrize("where", ["cuda", "cpu"])
+def test_a_cuda_ipc_sender_writes_windows_straight_into_the_pool(gpu_server: ServerProcess,
+                                                                  where: str) -> None:
+    """One-sided over CUDA IPC: the sender maps the pool and copies its tensor (on the GPU, or
+    host memory) into each granted window; no row crosses gRPC. ``auto`` picks cuda-ipc here."""
+    data = payload(3000, seed=5)
+    src = torch.from_numpy(data).to(where)
+    pushes = gpu_server.metric("grpc_server_msg_received_total",
+                               'grpc_method="Push",grpc_service="kvferry.v1.TransferService",'
+                               'grpc_type="client_stream"')
+    tid = f"ipc-send-{where}"
+
+    async def main() -> tuple[bytes, pb.TransferStatus]:
+        async with AsyncClient(gpu_server.target) as rx, AsyncClient(gpu_server.target) as tx:
+            send = asyncio.create_task(tx.send(tid, src))
+            out = [w.data async for w in rx.receive(tid, 512)]
+            return b"".join(out), await send
+
+    got, status = asyncio.run(main())
+    assert got == data.tobytes()
+    assert status.state == pb.TRANSFER_STATE_SUCCESS
+    assert gpu_server.metric("grpc_server_msg_received_total",
+                             'grpc_method="Push",grpc_service="kvferry.v1.TransferService",'
+                             'grpc_type="client_stream"') == pushes
+    assert gpu_server.metric("grpc_server_handled_total",
+                             'grpc_code="OK",grpc_method="Attach",'
+                             'grpc_service="kvferry.v1.TransferService",grpc_type="server_stream"') >= 1
+    gpu_server.assert_pool_free()
