@@ -15,7 +15,7 @@ done
 SITE=/tmp/kvf-site
 "$PY" -m pip install -q --no-index --find-links .wheels --target "$SITE" grpcio \
   grpcio-health-checking grpcio-reflection protobuf transitions prometheus-client pytest \
-  pytest-timeout setuptools wheel 2>&1 | tail -3
+  pytest-timeout setuptools wheel typing-extensions 2>&1 | tail -3
 PYTHONPATH=$SITE "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
   --target "$SITE" . 2>&1 | tail -3
 export PYTHONPATH=$SITE

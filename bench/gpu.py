@@ -194,7 +194,7 @@ def one_sided_cuda(total_mib: int, window_mib: int, rounds: int, row: int = 8192
             async with AsyncClient(srv.target) as rx, AsyncClient(srv.target) as tx:
                 pool = await rx.map_pool()
                 assert isinstance(pool, MappedPool)
-                await tx.pool_info()
+                await tx.map_pool()  # mapped once per client, before the clock, as a worker would
                 await rx.stub.Open(pb.OpenRequest(transfer_id=tid, window_tokens=window))
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()

@@ -99,6 +99,9 @@ def test_ipc_read_from_another_process_equals_what_was_pushed(gpu_server: Server
     asyncio.run(push())
     r = subprocess.run([sys.executable, "-c", READER, gpu_server.target, "ipc"],
                        capture_output=True, text=True, timeout=120)
+    ch, stub = gpu_server.stub()
+    with ch:
+        stub.Release(pb.ReleaseRequest(transfer_id="ipc"))
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["sha"] == hashlib.sha256(data.tobytes()).hexdigest()
