@@ -20,13 +20,13 @@ import sys
 import grpc
 import numpy as np
 
-from kvferry.client.limits import MESSAGE_BUDGET as READ_MESSAGE_BUDGET
+from kvferry.client.limits import MESSAGE_BUDGET
 from kvferry.v1 import transfer_pb2 as pb
 
 
 async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
     buffer = np.empty(buffer_bytes, dtype=np.uint8)
-    chunk = (READ_MESSAGE_BUDGET // row_bytes) * row_bytes
+    chunk = (MESSAGE_BUDGET // row_bytes) * row_bytes
     raw_reply = bytes(48)
 
     async def unary(request: pb.PollRequest, context: grpc.aio.ServicerContext) -> pb.TransferStatus:
@@ -55,7 +55,7 @@ async def main(row_bytes: int, buffer_bytes: int, cuda: bool = False) -> None:
     if cuda:
         import torch
 
-        pinned = torch.empty(READ_MESSAGE_BUDGET + row_bytes, dtype=torch.uint8, pin_memory=True)
+        pinned = torch.empty(MESSAGE_BUDGET + row_bytes, dtype=torch.uint8, pin_memory=True)
         device_buffer = torch.empty(buffer_bytes, dtype=torch.uint8, device="cuda:0")
         stream = torch.cuda.Stream()
 

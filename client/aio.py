@@ -4,6 +4,7 @@ poll -> read -> resume loop (or its guard) itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -230,6 +231,7 @@ class AsyncClient:
                                                    metadata=metadata, transport=way),
                                   metadata=self._md)
         lent = None  # the epoch of a grant not yet fully committed
+        writing: asyncio.Future[None] | None = None  # a copy running in a thread
         try:
             async for grant in grants:
                 if grant.start_token < start_token:
@@ -240,7 +242,9 @@ class AsyncClient:
                     return await self.poll(transfer_id)
                 lent = grant.epoch
                 if (upto - grant.start_token) * row_bytes >= INLINE_WRITE_BYTES:
-                    await asyncio.to_thread(pool.write, grant, src, start_token, upto)
+                    writing = asyncio.ensure_future(asyncio.to_thread(pool.write, grant, src,
+                                                                      start_token, upto))
+                    await asyncio.shield(writing)
                 else:  # a thread hop costs more than a small copy
                     pool.write(grant, src, start_token, upto)
                 # The rows have landed: write returns only then (a CUDA stream synchronized).
@@ -259,6 +263,11 @@ class AsyncClient:
             raise
         finally:
             grants.cancel()
+            if writing is not None and not writing.done():
+                # Cancelled mid-copy: a copy cannot be called back, so it must end before this
+                # writer tells the server it stopped.
+                with contextlib.suppress(BaseException):
+                    await writing
             if lent is not None:
                 await _quietly(self.stub.Detach(pb.DetachRequest(transfer_id=transfer_id, epoch=lent),
                                                 metadata=self._md))

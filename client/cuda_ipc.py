@@ -135,11 +135,14 @@ class MappedPool:
             stream = self._stream
             if rows.is_cuda:  # the rows may still be being produced on the caller's stream
                 stream.wait_stream(torch.cuda.current_stream(rows.device))
-            with torch.cuda.stream(stream):
-                for run in grant_runs(grant, end):
-                    src = run.token - first_token
-                    flat[run.row:run.row + run.tokens].copy_(rows[src:src + run.tokens], non_blocking=True)
-            stream.synchronize()
+            try:
+                with torch.cuda.stream(stream):
+                    for run in grant_runs(grant, end):
+                        src = run.token - first_token
+                        flat[run.row:run.row + run.tokens].copy_(rows[src:src + run.tokens],
+                                                                 non_blocking=True)
+            finally:  # also after an error: copies already issued land before this returns
+                stream.synchronize()
 
     def window(self, status: Any) -> list[torch.Tensor]:
         """Views of the current window's filled rows, one per block, in token order."""

@@ -14,8 +14,6 @@ from kvferry.statemachine import Limits
 if TYPE_CHECKING:
     import grpc
 
-# A Read message carries whole rows within gRPC's default 4 MiB receive limit.
-READ_MESSAGE_BUDGET = MESSAGE_BUDGET
 
 
 @dataclass(frozen=True)
@@ -46,8 +44,8 @@ class ServerConfig:
     fault_seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.row_bytes <= READ_MESSAGE_BUDGET:
-            raise ValueError(f"row_bytes must be between 1 and {READ_MESSAGE_BUDGET} (one row must "
+        if not 0 < self.row_bytes <= MESSAGE_BUDGET:
+            raise ValueError(f"row_bytes must be between 1 and {MESSAGE_BUDGET} (one row must "
                              f"fit a 4 MiB Read message), got {self.row_bytes}")
         if self.max_message_bytes < self.row_bytes + 1024:
             raise ValueError(f"max_message_bytes={self.max_message_bytes} cannot hold one row of "

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar
 
 from kvferry.client.host import host_id
-from kvferry.server.config import READ_MESSAGE_BUDGET, ServerConfig
+from kvferry.client.limits import MESSAGE_BUDGET
+from kvferry.server.config import ServerConfig
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache, status_of, wire_state
 from kvferry.server.storage import BlockStorage, Landing, PoolUnavailable
@@ -44,7 +45,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         self.notifier = notifier
         self.statuses = statuses
         self.row_bytes = config.row_bytes
-        self.read_rows = max(1, READ_MESSAGE_BUDGET // config.row_bytes)
+        self.read_rows = max(1, MESSAGE_BUDGET // config.row_bytes)
         self.clock = time.monotonic
         self.started_at = self.clock()
         self.host_id = host_id()
