@@ -21,11 +21,13 @@ $(PY):
 install: $(PY)
 	$(PIP) install -q -e '.[server,console]'
 
-# Debian's prometheus package brings prometheus and promtool for the metrics tests.
+# Debian's prometheus package brings prometheus and promtool for the metrics tests; libibverbs1
+# lets the Mooncake engine load; iproute2 makes the network namespaces of the two-host tests.
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 test-deps: $(PY)
-	command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	{ command -v promtool && command -v ip && ldconfig -p | grep -q libibverbs.so.1; } >/dev/null || \
+		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends prometheus libibverbs1 iproute2; }
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks it runs")
     ap.add_argument("--json", default="", help="also write the figures here as JSON")
     ap.add_argument("--only", nargs="*", default=[],
-                    choices=["control", "resume", "data", "core", "allocator", "growth", "wire", "shm", "turnaround"])
+                    choices=["control", "resume", "data", "core", "allocator", "growth", "wire", "shm", "turnaround",
+                             "mooncake"])
     args = ap.parse_args(argv)
     smoke = args.smoke
     plan = {
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         "shm": lambda: one_sided_figures.shm_transfer(rounds=1 if smoke else 5,
                                                       total_mib=16 if smoke else 256,
                                                       window_mib=4 if smoke else 16),
+        "mooncake": lambda: one_sided_figures.mooncake_transfer(rounds=1 if smoke else 5,
+                                                                total_mib=16 if smoke else 256,
+                                                                window_mib=4 if smoke else 16),
         "turnaround": lambda: one_sided_figures.window_turnaround(windows=10 if smoke else 300),
         "wire": lambda: wire_figures.decode_crossover((64, 128) if smoke else (32, 64, 128, 256, 1024),
                                                       number=20 if smoke else 2_000),

@@ -14,8 +14,16 @@ import grpc
 import numpy as np
 
 from kvferry.client.limits import MESSAGE_BUDGET, TransportUnavailable
+from kvferry.client.mooncake import WriteMayLand
 from kvferry.client.rows import as_row_bytes
-from kvferry.client.transports import Writer, check_transport, source_rows, unavailable, why_not
+from kvferry.client.transports import (
+    ONE_SIDED,
+    Writer,
+    check_transport,
+    source_rows,
+    unavailable,
+    why_not,
+)
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
@@ -158,6 +166,10 @@ class AsyncClient:
                 from kvferry.client.shm import ShmPool
 
                 self._mapped[transport] = ShmPool.of(info)
+            elif transport == "mooncake":
+                from kvferry.client.mooncake import MooncakeWriter
+
+                self._mapped[transport] = await asyncio.to_thread(MooncakeWriter, info)
             else:
                 from kvferry.client.cuda_ipc import MappedPool
 
@@ -169,7 +181,7 @@ class AsyncClient:
         check_transport(transport)
         if transport != "auto":
             return transport, (None if transport == "grpc" else await self._map(transport, info))
-        for candidate in ("cuda-ipc", "shm"):
+        for candidate in ONE_SIDED:
             if why_not(candidate, info) is None:
                 try:
                     return candidate, await self._map(candidate, info)
@@ -223,7 +235,8 @@ class AsyncClient:
                               row_bytes: int) -> pb.TransferStatus:
         """Attach, then for each grant: write the rows into the pool, wait until they landed,
         commit. A grant not fully committed when this returns or raises is detached (the writer
-        says it stopped), so its blocks are never fenced longer than needed."""
+        says it stopped), so its blocks are never fenced longer than needed; except after a write
+        that may still land, when only the fence timeout may free them."""
         src = source_rows(way, rows, row_bytes)
         end = start_token + len(src)
         total = end if total_tokens is None else total_tokens
@@ -257,9 +270,19 @@ class AsyncClient:
                     return reply.status
             raise TransferFailed(transfer_id, "the Attach stream ended before every row was sent "
                                  "(is the server stopping?)")
+        except WriteMayLand as e:
+            # Never Detach now: the fence must hold for its timeout. Fail the transfer so the
+            # receiver learns why at once, not at the stall timeout.
+            lent = None
+            reason = f"sender: {e}"
+            await _quietly(self.abort(transfer_id, reason))
+            raise TransferFailed(transfer_id, reason) from e
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.ABORTED:
                 raise TransferFailed(transfer_id, e.details() or "aborted") from e
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                raise TransferFailed(transfer_id, f"the receiver's server is unreachable "
+                                     f"({e.details()}): the transfer cannot go on") from e
             raise
         finally:
             grants.cancel()
@@ -271,6 +294,7 @@ class AsyncClient:
             if lent is not None:
                 await _quietly(self.stub.Detach(pb.DetachRequest(transfer_id=transfer_id, epoch=lent),
                                                 metadata=self._md))
+            pool.finish(src)
 
     # -- receiver ------------------------------------------------------------------------------
 

@@ -144,6 +144,9 @@ class MappedPool:
             finally:  # also after an error: copies already issued land before this returns
                 stream.synchronize()
 
+    def finish(self, rows: torch.Tensor) -> None:
+        """Nothing to undo after a send: the mapping stays for the next."""
+
     def window(self, status: Any) -> list[torch.Tensor]:
         """Views of the current window's filled rows, one per block, in token order."""
         out, left = [], status.window_filled_tokens

@@ -6,10 +6,19 @@ import os
 
 
 def host_id() -> str:
-    """This host's kernel boot id: equal for processes that can share CUDA IPC handles and
-    shared memory. Falls back to the host name where the kernel gives no boot id."""
+    """Equal for processes that can share CUDA IPC handles and shared memory: the kernel's boot
+    id, and the network and IPC namespaces (two containers or pods on one machine are different
+    hosts to kvferry unless they share those, as a pod's sidecars do). Falls back to the host name
+    where the kernel gives no boot id."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+            boot = f.read().strip()
     except OSError:
         return os.uname().nodename
+    spaces = []
+    for ns in ("net", "ipc"):
+        try:
+            spaces.append(os.readlink(f"/proc/self/ns/{ns}"))
+        except OSError:
+            pass
+    return "/".join([boot, *spaces])

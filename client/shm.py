@@ -88,6 +88,9 @@ class ShmPool:
             src = run.token - first_token
             flat[run.row:run.row + run.tokens] = rows[src:src + run.tokens]
 
+    def finish(self, rows: np.ndarray) -> None:
+        """Nothing to undo after a send: the mapping stays for the next."""
+
     def window(self, status: pb.TransferStatus) -> list[np.ndarray]:
         """Views of the current window's filled rows, in token order (one per run of adjacent
         blocks). Valid until the Resume that frees the window: copy what you keep."""

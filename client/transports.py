@@ -4,6 +4,8 @@
   rows in on a stream of the pool's GPU (peer to peer from another GPU), then commits.
 - ``shm``: the pool is in shared memory on this host; the sender maps it and copies rows in with
   numpy, then commits.
+- ``mooncake``: the server registered its pool with a Mooncake Transfer Engine; the sender's own
+  engine writes rows into it (tcp or rdma), from another host too, then commits.
 - ``grpc``: rows travel in Push messages; works from anywhere, at gRPC's pace.
 
 ``auto`` takes the first of these that can work from this process. A transport named explicitly
@@ -20,13 +22,18 @@ from kvferry.client.limits import TransportUnavailable
 from kvferry.client.rows import as_row_bytes
 from kvferry.v1 import transfer_pb2 as pb
 
-TRANSPORTS = ("auto", "cuda-ipc", "shm", "grpc")
+TRANSPORTS = ("auto", "cuda-ipc", "shm", "mooncake", "grpc")
+# The order ``auto`` tries them in: the same-host ones first.
+ONE_SIDED = ("cuda-ipc", "shm", "mooncake")
 
 
 class Writer(Protocol):
     """A mapped pool a one-sided sender writes granted rows into."""
 
     def write(self, grant: pb.Grant, rows: Any, first_token: int, end: int) -> None: ...
+
+    def finish(self, rows: Any) -> None:
+        """The send of ``rows`` is over (a transfer engine unregisters them)."""
 
 
 def check_transport(transport: str) -> None:
@@ -61,6 +68,8 @@ def why_not(transport: str, info: pb.PoolInfo) -> str | None:
     if transport not in info.transports:
         return (f"the server's pool on {info.device} offers {list(info.transports)}, not "
                 f"{transport!r}")
+    if transport == "mooncake":
+        return None
     from kvferry.client.host import host_id
 
     if info.host_id != host_id():

@@ -24,6 +24,7 @@ from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
+from kvferry.server.mooncake_endpoint import MooncakeEndpoint
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pipeline import Pipeline
 from kvferry.server.service import TransferService
@@ -96,13 +97,17 @@ async def start(config: ServerConfig) -> Server:
     storage = open_storage(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
                            config.max_message_bytes, config.shm_dir)
     try:
-        return await _start(config, storage)
+        mooncake = (MooncakeEndpoint(config.mooncake, config.mooncake_host or config.host,
+                                     config.mooncake_device, storage.region())
+                    if config.mooncake else None)
+        return await _start(config, storage, mooncake)
     except BaseException:
         storage.close()  # a server that never served leaves no shared-memory file behind
         raise
 
 
-async def _start(config: ServerConfig, storage: BlockStorage) -> Server:
+async def _start(config: ServerConfig, storage: BlockStorage,
+                 mooncake: MooncakeEndpoint | None) -> Server:
     registry = CollectorRegistry()
     notifier = ChangeNotifier()
     statuses = StatusCache()
@@ -126,7 +131,7 @@ async def _start(config: ServerConfig, storage: BlockStorage) -> Server:
         ("grpc.server.max_pending_requests_hard_limit", 8 * config.max_streams),
     ])
     pipeline.install(server, pb_grpc.add_TransferServiceServicer_to_server,
-                     TransferService(config, coord, storage, notifier, statuses),
+                     TransferService(config, coord, storage, notifier, statuses, mooncake),
                      decoders=TransferService.DECODERS, raw_responses=TransferService.RAW_RESPONSES)
     health_servicer = health.aio.HealthServicer()
     pipeline.install(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)

@@ -36,6 +36,9 @@ class ServerConfig:
     max_transfers: int = 10_000
     max_streams: int = 4_096
     shm_dir: str = "/dev/shm"
+    mooncake: str = ""
+    mooncake_host: str = ""
+    mooncake_device: str = ""
     auth_token_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -61,6 +64,18 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key go together: give both, or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key too")
+        if self.mooncake:
+            if self.mooncake not in ("tcp", "rdma"):
+                raise ValueError(f"mooncake must be tcp or rdma (or empty: off), got {self.mooncake!r}")
+            if not self.mooncake_host and self.host in ("0.0.0.0", "::", ""):
+                raise ValueError("mooncake needs mooncake_host: the address senders reach this host "
+                                 f"at (--host is {self.host!r}, which names no one address)")
+            engine = mooncake_transfer_timeout()
+            if self.fence_timeout < engine:
+                raise ValueError(
+                    f"fence_timeout={self.fence_timeout:g}s is shorter than the Mooncake engine's "
+                    f"transfer timeout ({engine:g}s, MC_TRANSFER_TIMEOUT): a write that timed out can "
+                    f"still land that long after, so fence for at least {engine:g}s")
         self.limits()  # the core's own checks, at start-up rather than at first use
 
     def limits(self) -> Limits:
@@ -93,6 +108,12 @@ class ServerConfig:
                                            root_certificates=ca, require_client_auth=ca is not None)
 
 
+def mooncake_transfer_timeout() -> float:
+    """How long the Mooncake engine lets a write run before it reports a failure (which does not
+    cancel it): MC_TRANSFER_TIMEOUT seconds, 30 by default."""
+    return float(os.environ.get("MC_TRANSFER_TIMEOUT", "30"))
+
+
 _HELP: dict[str, str] = {
     "host": "address to bind gRPC on (0.0.0.0 in a container)",
     "port": "gRPC port; 0 picks a free one (printed at start)",
@@ -111,6 +132,10 @@ _HELP: dict[str, str] = {
                      "failed, unless the writer commits them or detaches first",
     "shm_dir": "memory-backed directory holding a CPU pool, shared with same-host senders "
                "(a Memory emptyDir shared by the pods in Kubernetes)",
+    "mooncake": "offer one-sided writes from other hosts through the Mooncake Transfer Engine over "
+                "tcp or rdma (needs kvferry[mooncake]); empty: off",
+    "mooncake_host": "address senders reach this host's engine at (default: --host)",
+    "mooncake_device": "NICs the engine may use, comma-separated (rdma; empty: all)",
     "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
     "max_transfers": "transfers held at once (live or unreleased); Open beyond: RESOURCE_EXHAUSTED",

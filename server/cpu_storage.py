@@ -56,6 +56,9 @@ class CpuStorage:
                               "--device cuda:N; map the CPU pool through shared memory "
                               "(client.map_pool(), transport 'shm') or use Read")
 
+    def region(self) -> tuple[int, int]:
+        return self.rows.ctypes.data, self.rows.nbytes
+
     def mark_window(self, blocks: list[int], epoch: int) -> None:
         self._pool.epochs[blocks] = epoch
 

@@ -88,6 +88,9 @@ class CudaStorage:
     def export(self) -> pb.ExportPoolResponse:
         return share_cuda_tensor(self.tensor)
 
+    def region(self) -> tuple[int, int]:
+        return self.tensor.data_ptr(), self.tensor.numel()
+
     def mark_window(self, blocks: list[int], epoch: int) -> None:
         """IPC readers ask the server (Poll) instead: nothing to record."""
 

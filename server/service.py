@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from kvferry.client.host import host_id
 from kvferry.client.limits import MESSAGE_BUDGET
 from kvferry.server.config import ServerConfig
+from kvferry.server.mooncake_endpoint import MooncakeEndpoint
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache, status_of, wire_state
 from kvferry.server.storage import BlockStorage, Landing, PoolUnavailable
@@ -38,10 +39,14 @@ class TransferService(pb_grpc.TransferServiceServicer):
     RAW_RESPONSES = frozenset({"Read", "Poll", "Watch"})
 
     def __init__(self, config: ServerConfig, coord: Coordinator, storage: BlockStorage,
-                 notifier: ChangeNotifier, statuses: StatusCache) -> None:
+                 notifier: ChangeNotifier, statuses: StatusCache,
+                 mooncake: MooncakeEndpoint | None = None) -> None:
         self.config = config
         self.coord = coord
         self.storage = storage
+        self.mooncake = mooncake
+        # The one-sided transports: the storage's own, and a transfer engine's.
+        self.one_sided = (*storage.transports, *(("mooncake",) if mooncake else ()))
         self.notifier = notifier
         self.statuses = statuses
         self.row_bytes = config.row_bytes
@@ -99,13 +104,18 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     def _pool_info(self) -> pb.PoolInfo:
         c = self.coord
-        return pb.PoolInfo(
+        info = pb.PoolInfo(
             block_tokens=c.limits.block_tokens, num_blocks=c.limits.num_blocks,
             free_blocks=c.allocator.free_count, row_bytes=self.row_bytes,
             device=self.config.device, default_window_tokens=c.limits.default_window_tokens,
             max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers),
-            transports=["grpc", *self.storage.transports], host_id=self.host_id,
+            transports=["grpc", *self.one_sided], host_id=self.host_id,
             shm_path=self.storage.shm_path, quarantined_blocks=c.quarantine.blocks)
+        if self.mooncake is not None:
+            info.mooncake_session = self.mooncake.session
+            info.mooncake_protocol = self.mooncake.protocol
+            info.mooncake_base_address = self.mooncake.base_address
+        return info
 
     async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
         t = self.coord.open(request.transfer_id, request.window_tokens, self.clock())
@@ -189,10 +199,10 @@ class TransferService(pb_grpc.TransferServiceServicer):
     # -- one-sided sender ----------------------------------------------------------------------
 
     async def Attach(self, request: pb.AttachRequest, context: Any) -> AsyncIterator[pb.Grant]:
-        if request.transport not in self.storage.transports:
+        if request.transport not in self.one_sided:
             raise InvalidArgument(f"transport {request.transport!r} is not offered here: this "
                                   f"server's pool on {self.config.device} offers "
-                                  f"{list(self.storage.transports)} to one-sided senders; or Push")
+                                  f"{list(self.one_sided)} to one-sided senders; or Push")
         with self._stream_slot():
             t = await self._attach(request)
             lent = -1

@@ -51,6 +51,9 @@ class BlockStorage(Protocol):
         """What a same-host client needs to map the pool through CUDA IPC, or
         ``PoolUnavailable`` saying why this kind cannot be mapped so."""
 
+    def region(self) -> tuple[int, int]:
+        """The pool's memory, (address, bytes), for a transfer engine to register."""
+
     def mark_window(self, blocks: list[int], epoch: int) -> None:
         """Record for mapped readers that ``blocks`` belong to the window of ``epoch`` (0: none)."""
 

@@ -28,15 +28,19 @@ class ServerProcess:
     flags: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def host(self) -> str:
+        return str(self.flags.get("host", "127.0.0.1"))
+
+    @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     def stub(self) -> tuple[grpc.Channel, pb_grpc.TransferServiceStub]:
         ch = grpc.insecure_channel(self.target)
         return ch, pb_grpc.TransferServiceStub(ch)
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
     def metric(self, name: str, labels: str = "") -> float:

@@ -20,10 +20,12 @@ SEED_FLAGS = {
 
 
 def start_server(base: dict[str, Any] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, **flags: Any) -> ServerProcess:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 env: dict[str, str] | None = None, **flags: Any) -> ServerProcess:
     """A server with ``base`` flags (the seed geometry by default) overridden by ``flags``;
-    ``credentials`` are what the start-up health check connects with (TLS servers)."""
-    return launch({**(SEED_FLAGS if base is None else base), **flags}, credentials)
+    ``credentials`` are what the start-up health check connects with (TLS servers); ``env`` is
+    added to its environment."""
+    return launch({**(SEED_FLAGS if base is None else base), **flags}, credentials, env)
 
 
 def wait_until(ready: Callable[[], object], what: str, within: float = 20) -> None:
