@@ -246,3 +246,11 @@ def test_a_cpu_pool_gets_a_shared_memory_volume_that_holds_it() -> None:
     gpu = render({"server": {"device": "cuda:0"}})
     gpu_pod = next(d for d in gpu if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert "shm" not in [v["name"] for v in gpu_pod["volumes"]]
+
+
+def test_mooncake_values_become_serve_flags() -> None:
+    c = container(render({"server": {"mooncake": "rdma", "mooncakeHost": "10.0.0.7",
+                                     "mooncakeDevice": "mlx5_0"}}))
+    cfg = parsed_args(c)
+    assert (cfg.mooncake, cfg.mooncake_host, cfg.mooncake_device) == ("rdma", "10.0.0.7", "mlx5_0")
+    assert not parsed_args(container(render({}))).mooncake  # off by default

@@ -72,6 +72,15 @@ app.kubernetes.io/part-of: kvferry
 - --retention={{ .Values.server.retention }}
 - --lease-timeout={{ .Values.server.leaseTimeout }}
 - --fence-timeout={{ .Values.server.fenceTimeout }}
+{{- with .Values.server.mooncake }}
+- --mooncake={{ . }}
+{{- end }}
+{{- with .Values.server.mooncakeHost }}
+- --mooncake-host={{ . }}
+{{- end }}
+{{- with .Values.server.mooncakeDevice }}
+- --mooncake-device={{ . }}
+{{- end }}
 {{- if eq .Values.server.device "cpu" }}
 - --shm-dir=/dev/shm
 {{- end }}
