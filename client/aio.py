@@ -261,9 +261,16 @@ class AsyncClient:
                 else:  # a thread hop costs more than a small copy
                     pool.write(grant, src, start_token, upto)
                 # The rows have landed: write returns only then (a CUDA stream synchronized).
-                reply = await self.stub.Commit(pb.CommitRequest(
-                    transfer_id=transfer_id, epoch=grant.epoch, start_token=grant.start_token,
-                    tokens=upto - grant.start_token), metadata=self._md)
+                try:
+                    reply = await self.stub.Commit(pb.CommitRequest(
+                        transfer_id=transfer_id, epoch=grant.epoch, start_token=grant.start_token,
+                        tokens=upto - grant.start_token), metadata=self._md)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    # Failed and already released (a receiver that refused it, say): the Attach
+                    # stream ended with the reason before the release.
+                    raise await _ended(transfer_id, grants, e) from e
                 if upto == grant.start_token + grant.tokens:
                     lent = None
                 if reply.status.sent_tokens >= end or reply.status.state == SUCCESS:
@@ -411,6 +418,18 @@ class AsyncClient:
                 if e.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(0.02)
+
+
+async def _ended(transfer_id: str, grants: Any, error: grpc.aio.AioRpcError) -> Exception:
+    """Why the transfer a one-sided sender was writing ended: its Attach stream's final status."""
+    try:
+        code = await asyncio.wait_for(grants.code(), 5)
+        details = await grants.details()
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+        return error
+    if code == grpc.StatusCode.ABORTED:
+        return TransferFailed(transfer_id, details or "aborted")
+    return error
 
 
 def _one_view(views: list[np.ndarray]) -> memoryview | bytes:

@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +238,46 @@ def test_a_one_sided_sender_learns_of_an_abort_and_gives_its_grant_back(fenced: 
 async def _until_full(c: AsyncClient, tid: str) -> None:
     while (await c.poll(tid)).sent_tokens < 64:
         await asyncio.sleep(0.01)
+
+
+def test_a_sender_whose_transfer_ended_and_was_released_mid_write_learns_why(seed: ServerProcess) -> None:
+    """The receiver refuses the transfer and releases it while the sender is still copying: the
+    sender's Commit finds no transfer, and the library reports the reason the Attach stream ended
+    with, not a bare NOT_FOUND."""
+    gate = threading.Event()
+    copying = threading.Event()
+
+    class SlowWriter:
+        def __init__(self, pool: ShmPool) -> None:
+            self.pool = pool
+
+        def write(self, *args: object) -> None:
+            copying.set()
+            gate.wait(20)
+            self.pool.write(*args)  # type: ignore[arg-type]
+
+        def finish(self, rows: object) -> None:
+            pass
+
+    errors: list[BaseException] = []
+    ch, stub = seed.stub()
+    with ch, Client(seed.target) as tx:
+        tx._aio._mapped["shm"] = SlowWriter(ShmPool.of(tx.pool_info()))
+        stub.Open(pb.OpenRequest(transfer_id="refused", window_tokens=64))
+
+        def send() -> None:
+            try:
+                tx.send("refused", payload(64), transport="shm")
+            except BaseException as e:
+                errors.append(e)
+
+        th = threading.Thread(target=send)
+        th.start()
+        assert copying.wait(20)
+        stub.Abort(pb.AbortRequest(transfer_id="refused", reason="layout refused"))
+        stub.Release(pb.ReleaseRequest(transfer_id="refused"))
+        gate.set()
+        th.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], TransferFailed), errors
+    assert "layout refused" in errors[0].reason
+    seed.assert_pool_free()
