@@ -226,8 +226,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         return pb.CommitResponse(status=status_of(r.transfer), duplicate=r.duplicate)
 
     async def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DetachResponse:
-        return pb.DetachResponse(freed_blocks=self.coord.detach(request.transfer_id, request.epoch,
-                                                                self.clock()))
+        return pb.DetachResponse(freed_blocks=self.coord.detach(request.transfer_id, request.epoch))
 
     async def _attach(self, msg: PushMessage | pb.PushRequest | pb.AttachRequest) -> Transfer:
         """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout."""

@@ -40,6 +40,3 @@ class StatusCache:
 
     def forget(self, t: Transfer) -> None:
         self._memo.pop(t, None)
-
-    def __len__(self) -> int:
-        return len(self._memo)

@@ -468,7 +468,7 @@ class Coordinator:
         self._deliver(t, end - t.sent_tokens, now)
         return CommitResult(t, False)
 
-    def detach(self, transfer_id: str, epoch: int, now: float) -> int:
+    def detach(self, transfer_id: str, epoch: int) -> int:
         """The one-sided writer of window ``epoch`` promises it writes no more there. A fence of
         that window is lifted (returns how many blocks it freed); a live transfer's grant is taken
         back (a new Attach, or a Push, may go on from sent_tokens). Idempotent."""

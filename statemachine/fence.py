@@ -71,6 +71,3 @@ class Quarantine:
 
     def __iter__(self) -> Iterator[Fence]:
         return iter(list(self._fences.values()))
-
-    def __len__(self) -> int:
-        return len(self._fences)

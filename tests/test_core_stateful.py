@@ -179,7 +179,7 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def detach(self, data: st.DataObject) -> None:
         w = self.writers.pop(data.draw(st.sampled_from(sorted(self.writers))))
-        self.c.detach(w.grant.transfer.transfer_id, w.grant.epoch, self.now)
+        self.c.detach(w.grant.transfer.transfer_id, w.grant.epoch)
 
     @precondition(lambda self: self.pending)
     @rule(data=st.data())

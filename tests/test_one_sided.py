@@ -23,7 +23,7 @@ from kvferry.client.limits import TransportUnavailable
 from kvferry.client.shm import ShmPool
 from kvferry.v1 import transfer_pb2 as pb
 
-from kvserver import ServerProcess, start_server, wait_until
+from kvserver import ServerProcess, async_wait_until, start_server, wait_until
 
 ROW = 64
 
@@ -225,7 +225,10 @@ def test_a_one_sided_sender_learns_of_an_abort_and_gives_its_grant_back(fenced: 
             await rx.stub.Open(pb.OpenRequest(transfer_id="stop", window_tokens=64))
             send = asyncio.create_task(tx.send("stop", payload(200), transport="shm"))
             # The first window is written and committed; the sender waits for the next grant.
-            await asyncio.wait_for(_until_full(rx, "stop"), 20)
+            async def first_window_in() -> bool:
+                return (await rx.poll("stop")).sent_tokens >= 64
+
+            await async_wait_until(first_window_in, "the first window written and committed")
             await rx.abort("stop", "decoder OOM")
             with pytest.raises(TransferFailed, match="decoder OOM"):
                 await asyncio.wait_for(send, 20)
@@ -234,10 +237,6 @@ def test_a_one_sided_sender_learns_of_an_abort_and_gives_its_grant_back(fenced: 
     asyncio.run(main())
     fenced.assert_pool_free()  # nothing was lent when it failed: nothing fenced
 
-
-async def _until_full(c: AsyncClient, tid: str) -> None:
-    while (await c.poll(tid)).sent_tokens < 64:
-        await asyncio.sleep(0.01)
 
 
 def test_a_sender_whose_transfer_ended_and_was_released_mid_write_learns_why(seed: ServerProcess) -> None:

@@ -84,7 +84,7 @@ def test_a_commit_from_an_earlier_opening_of_the_id_is_refused() -> None:
     old = c.grant("a")
     assert old is not None
     c.abort("a", "", 0)
-    c.detach("a", old.epoch, 0)
+    c.detach("a", old.epoch)
     c.release("a")
     attached(c)
     c.grant("a")
@@ -99,7 +99,7 @@ def test_push_cannot_write_into_a_lent_window() -> None:
     assert g is not None
     with pytest.raises(FailedPrecondition, match="lent to a one-sided writer"):
         c.begin_write("a", 0, 1)
-    c.detach("a", g.epoch, 0)  # the writer gives the grant back: a Push may go on
+    c.detach("a", g.epoch)  # the writer gives the grant back: a Push may go on
     assert c.begin_write("a", 0, 1).count == 1
 
 
@@ -118,9 +118,9 @@ def test_a_failure_fences_a_lent_window_until_the_writer_stops() -> None:
     attached(c, "b")  # the next transfer gets other blocks
     gb = c.grant("b")
     assert gb is not None and not set(gb.blocks) & set(g.blocks)
-    assert c.detach("a", g.epoch, 2) == 2  # the writer says it stopped
+    assert c.detach("a", g.epoch) == 2  # the writer says it stopped
     assert c.quarantine.blocks == 0 and c.totals.fences_lifted["detach"] == 1
-    assert c.detach("a", g.epoch, 2) == 0  # idempotent
+    assert c.detach("a", g.epoch) == 0  # idempotent
 
 
 def test_a_commit_reaching_the_grants_end_after_the_failure_lifts_the_fence() -> None:
