@@ -6,6 +6,7 @@ No grpc, asyncio or torch here: the server drives it, tests drive it in microsec
 from kvferry.statemachine.allocator import AllocatorError, BlockAllocator
 from kvferry.statemachine.coordinator import (
     MAX_ID_BYTES,
+    MAX_REASON_BYTES,
     CommitResult,
     Coordinator,
     Grant,
@@ -24,6 +25,7 @@ from kvferry.statemachine.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    PermissionDenied,
     ResourceExhausted,
     TransferError,
     Unavailable,
@@ -45,6 +47,7 @@ from kvferry.statemachine.lifecycle import (
 __all__ = [
     "LIVE",
     "MAX_ID_BYTES",
+    "MAX_REASON_BYTES",
     "MEANING",
     "TERMINAL",
     "TRANSITIONS",
@@ -64,6 +67,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "Outcome",
+    "PermissionDenied",
     "Quarantine",
     "ResourceExhausted",
     "ResumeResult",

@@ -28,6 +28,10 @@ from kvferry.statemachine.fence import Fence, Quarantine
 from kvferry.statemachine.lifecycle import IllegalTransition, State, Transfer, fire, must_fire
 
 MAX_ID_BYTES = 256
+# An Abort's reason is echoed in every status of its transfer: it must stay small.
+MAX_REASON_BYTES = 1024
+# Any failure reason, the core's own included (one quoting an exception, say), is cut to this.
+MAX_FAILURE_REASON_BYTES = 2048
 # Far beyond any request (2^48 tokens), and well inside the wire's int64 fields.
 MAX_TOTAL_TOKENS = 2**48
 
@@ -60,9 +64,13 @@ class Limits:
     # How long blocks a one-sided writer may still write into stay fenced after their transfer
     # failed, if the writer never says it stopped.
     fence_timeout: float = 60.0
+    # The sender's metadata is held and echoed in every status of its transfer: bounded, so that
+    # memory is bounded by max_transfers and a status always fits a default client's 4 MiB.
+    max_metadata_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("num_blocks", "block_tokens", "default_window_tokens", "max_transfers"):
+        for name in ("num_blocks", "block_tokens", "default_window_tokens", "max_transfers",
+                     "max_metadata_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout", "fence_timeout"):
@@ -124,6 +132,12 @@ class Listener:
     def deadline_sooner(self, deadline: float) -> None:
         """A timeout now falls due at ``deadline``, before any other: call ``expire`` then."""
 
+    def fenced(self, t: Transfer, fence: Fence) -> None:
+        """The window of ``t`` lent to a one-sided writer went to quarantine as ``fence``."""
+
+    def fence_lifted(self, fence: Fence) -> None:
+        """``fence`` was lifted: its blocks are free."""
+
 
 class Segment(NamedTuple):
     """``tokens`` consecutive rows of one pool block, from row ``offset`` of that block."""
@@ -169,7 +183,11 @@ class ResumeResult(NamedTuple):
 
 
 class Coordinator:
-    def __init__(self, limits: Limits, listener: Listener | None = None) -> None:
+    def __init__(self, limits: Limits, listener: Listener | None = None,
+                 first_incarnation: int = 1) -> None:
+        """``first_incarnation``: the first opening's number; each later one counts up from it.
+        A server passes its start time in microseconds, so that openings are numbered apart
+        across restarts too (no server opens a transfer per microsecond)."""
         self.limits = limits
         self.listener = listener or Listener()
         self.totals = Totals()
@@ -184,23 +202,34 @@ class Coordinator:
         # (deadline, seq, transfer); lazily re-checked when popped, so progress costs nothing here.
         self._deadlines: list[tuple[float, int, Transfer]] = []
         self._seq = itertools.count()
+        # Transfers released since the heap was last compacted: their entries wait there until
+        # due, holding the transfer; compaction bounds that to the transfers still held.
+        self._stale_deadlines = 0
         # Window epochs, unique across every transfer and opening.
         self._epochs = itertools.count(1)
+        self._incarnations = itertools.count(max(1, first_incarnation))
         self.quarantine = Quarantine()
 
     # -- queries -------------------------------------------------------------------------------
 
-    def get(self, transfer_id: str) -> Transfer:
+    def get(self, transfer_id: str, incarnation: int = 0) -> Transfer:
+        """The transfer held under ``transfer_id``; with ``incarnation`` (non-zero), only if it is
+        that opening of the id: a call meant for an opening since released is refused, never
+        applied to the next one."""
         t = self.transfers.get(transfer_id)
         if t is None:
             _check_id(transfer_id)
             raise NotFound(f"no transfer {transfer_id!r}: it was never opened, or was released "
                            f"(by Release or after retention)")
+        if incarnation and incarnation != t.incarnation:
+            raise FailedPrecondition(f"transfer {transfer_id!r} was reopened: this call is for its "
+                                     f"incarnation {incarnation}, which was released; the one held "
+                                     f"now is {t.incarnation}")
         return t
 
-    def observe(self, transfer_id: str, now: float) -> Transfer:
+    def observe(self, transfer_id: str, now: float, incarnation: int = 0) -> Transfer:
         """``get`` by the receiver (Poll, Read): renews its lease. Not progress."""
-        t = self.get(transfer_id)
+        t = self.get(transfer_id, incarnation)
         t.lease_renewed_at = now
         return t
 
@@ -242,9 +271,10 @@ class Coordinator:
             out.append(t)
         return out, False
 
-    def read_segments(self, transfer_id: str, now: float) -> tuple[Transfer, list[Segment]]:
+    def read_segments(self, transfer_id: str, now: float,
+                      incarnation: int = 0) -> tuple[Transfer, list[Segment]]:
         """The filled rows of the current window, in token order (renews the receiver's lease)."""
-        t = self.observe(transfer_id, now)
+        t = self.observe(transfer_id, now, incarnation)
         if t.state is State.FAILED:
             raise FailedPrecondition(f"transfer {transfer_id!r} failed ({t.failure_reason}); "
                                      f"its blocks are freed, nothing to read")
@@ -278,6 +308,7 @@ class Coordinator:
                                     f"needs {want}; retry later or open a smaller window")
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
         t.window_epoch = t.opened_epoch = next(self._epochs)
+        t.incarnation = next(self._incarnations)
         self.listener.window_blocks(blocks, t.window_epoch)
         self.transfers[transfer_id] = t
         self.state_counts[t.state] += 1
@@ -288,8 +319,9 @@ class Coordinator:
         self._changed(t)
         return t
 
-    def resume(self, transfer_id: str, sent_tokens: int, window_tokens: int, now: float) -> ResumeResult:
-        t = self.observe(transfer_id, now)
+    def resume(self, transfer_id: str, sent_tokens: int, window_tokens: int, now: float,
+               incarnation: int = 0) -> ResumeResult:
+        t = self.observe(transfer_id, now, incarnation)
         if t.last_resume_sent_tokens >= 0 and sent_tokens <= t.last_resume_sent_tokens:
             reason = "repeat" if sent_tokens == t.last_resume_sent_tokens else "stale"
             self.totals.duplicates[reason] += 1
@@ -322,8 +354,9 @@ class Coordinator:
         self._changed(t)
         return ResumeResult(t, False, "")
 
-    def release(self, transfer_id: str, by: str = "client") -> tuple[Transfer, int]:
-        t = self.get(transfer_id)
+    def release(self, transfer_id: str, by: str = "client",
+                incarnation: int = 0) -> tuple[Transfer, int]:
+        t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
             raise FailedPrecondition(f"transfer {transfer_id!r} is live ({t.state.name}); "
                                      f"Abort it, or wait for SUCCESS, before Release")
@@ -335,18 +368,19 @@ class Coordinator:
         self.totals.released[by] += 1
         self.listener.released(t, by)
         self._serve_waiting()
+        self._stale_deadlines += 1
+        if self._stale_deadlines > len(self.transfers) + 64:
+            self._compact_deadlines()
         return t, freed
 
     # -- sender --------------------------------------------------------------------------------
 
-    def attach(self, transfer_id: str, total_tokens: int, metadata: bytes, now: float) -> Transfer:
+    def attach(self, transfer_id: str, total_tokens: int, metadata: bytes, now: float,
+               incarnation: int = 0) -> Transfer:
         """The sender arrives (a Push stream's first message, or Attach). Reconnecting senders
         attach again."""
-        if not 0 < total_tokens <= MAX_TOTAL_TOKENS:
-            raise InvalidArgument(f"the sender must give total_tokens between 1 and "
-                                  f"{MAX_TOTAL_TOKENS} (in Attach, or a Push's first message), "
-                                  f"got {total_tokens}")
-        t = self.get(transfer_id)
+        self.check_sender(total_tokens, metadata)
+        t = self.get(transfer_id, incarnation)
         if t.state is State.FAILED:
             raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
         if t.total_tokens and t.total_tokens != total_tokens:
@@ -367,9 +401,22 @@ class Coordinator:
             self._changed(t)
         return t
 
-    def begin_write(self, transfer_id: str, start_token: int, rows: int) -> WriteTicket:
+    def check_sender(self, total_tokens: int, metadata: bytes) -> None:
+        """Refuse what ``attach`` would refuse whatever the transfer: a sender that waits for
+        the Open learns of its own mistakes at once."""
+        if not 0 < total_tokens <= MAX_TOTAL_TOKENS:
+            raise InvalidArgument(f"the sender must give total_tokens between 1 and "
+                                  f"{MAX_TOTAL_TOKENS} (in Attach, or a Push's first message), "
+                                  f"got {total_tokens}")
+        if len(metadata) > self.limits.max_metadata_bytes:
+            raise InvalidArgument(f"metadata is {len(metadata)} bytes; the limit "
+                                  f"(--max-metadata-bytes) is {self.limits.max_metadata_bytes}: "
+                                  f"send large side data as rows, or a reference to it")
+
+    def begin_write(self, transfer_id: str, start_token: int, rows: int,
+                    incarnation: int = 0) -> WriteTicket:
         """Where ``rows`` rows starting at ``start_token`` go. Copy them, then ``end_write``."""
-        t = self.get(transfer_id)
+        t = self.get(transfer_id, incarnation)
         if t.state is State.FAILED:
             raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
         if t.state is State.BOOTSTRAPPING:
@@ -415,12 +462,12 @@ class Coordinator:
 
     # -- one-sided sender ----------------------------------------------------------------------
 
-    def grant(self, transfer_id: str) -> Grant | None:
+    def grant(self, transfer_id: str, incarnation: int = 0) -> Grant | None:
         """Lend the current window to the one-sided writer: the rows from ``sent_tokens`` to the
         window's end. None while there is nothing to lend (not attached, window full or waiting
         for blocks, a Push copy in flight, or finished). Asked again for the same window, it
         lends the same range again (a writer that reconnected)."""
-        t = self.get(transfer_id)
+        t = self.get(transfer_id, incarnation)
         if (t.state.terminal or t.state is State.BOOTSTRAPPING or not t.blocks
                 or t.write_in_flight or t.window_full):
             return None
@@ -430,10 +477,10 @@ class Coordinator:
                      list(t.blocks))
 
     def commit(self, transfer_id: str, epoch: int, start_token: int, tokens: int,
-               now: float) -> CommitResult:
+               now: float, incarnation: int = 0) -> CommitResult:
         """The one-sided writer's rows [start_token, start_token + tokens) of window ``epoch``
         have landed: deliver them exactly as a Push's."""
-        t = self.get(transfer_id)
+        t = self.get(transfer_id, incarnation)
         end = start_token + tokens
         if tokens <= 0:
             raise InvalidArgument(f"commit of {tokens} tokens: commit at least one row")
@@ -468,16 +515,17 @@ class Coordinator:
         self._deliver(t, end - t.sent_tokens, now)
         return CommitResult(t, False)
 
-    def detach(self, transfer_id: str, epoch: int) -> int:
+    def detach(self, transfer_id: str, epoch: int, incarnation: int = 0) -> int:
         """The one-sided writer of window ``epoch`` promises it writes no more there. A fence of
         that window is lifted (returns how many blocks it freed); a live transfer's grant is taken
-        back (a new Attach, or a Push, may go on from sent_tokens). Idempotent."""
+        back (a new Attach, or a Push, may go on from sent_tokens), unless the writer names
+        another opening (``incarnation``). Idempotent."""
         fence = self.quarantine.get(epoch)
         if fence is not None and fence.transfer_id == transfer_id:
             self._lift(epoch, "detach")
             return len(fence.blocks)
         t = self.transfers.get(transfer_id)
-        if t is not None and t.lent_epoch == epoch:
+        if t is not None and t.lent_epoch == epoch and incarnation in (0, t.incarnation):
             t.lent_epoch = -1
             self._changed(t)
         return 0
@@ -500,12 +548,16 @@ class Coordinator:
         if fence is not None:
             self.allocator.free(fence.blocks)
             self.totals.fences_lifted[by] += 1
+            self.listener.fence_lifted(fence)
             self._serve_waiting()
 
     # -- either side, and the clock ------------------------------------------------------------
 
-    def abort(self, transfer_id: str, reason: str, now: float) -> Transfer:
-        t = self.get(transfer_id)
+    def abort(self, transfer_id: str, reason: str, now: float, incarnation: int = 0) -> Transfer:
+        if len(reason.encode()) > MAX_REASON_BYTES:
+            raise InvalidArgument(f"the abort reason is {len(reason.encode())} bytes; the limit is "
+                                  f"{MAX_REASON_BYTES}: say why in a sentence")
+        t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
             self.fail(t, Outcome.ABORTED, f"aborted: {reason or 'no reason given'}", now)
         return t
@@ -516,7 +568,7 @@ class Coordinator:
         if t.state.terminal:
             return
         self._must_fire("fail", t)
-        t.failure_reason = reason
+        t.failure_reason = _bounded(reason)
         t.window_full_at = None
         if self._waiting.pop(t.transfer_id, None) is not None:
             t.blocks_wanted = 0
@@ -541,6 +593,7 @@ class Coordinator:
         for fence in self.quarantine.due(now):
             self.allocator.free(fence.blocks)
             self.totals.fences_lifted["timeout"] += 1
+            self.listener.fence_lifted(fence)
             self._serve_waiting()
         heap = self._deadlines
         while heap and heap[0][0] <= now:
@@ -612,6 +665,7 @@ class Coordinator:
                           t.window_start_token + t.window_tokens, now + self.limits.fence_timeout)
             if self.quarantine.add(fence):
                 self.listener.deadline_sooner(fence.deadline)
+            self.listener.fenced(t, fence)
             t.lent_epoch = -1
         else:
             self.allocator.free(t.blocks)
@@ -662,6 +716,19 @@ class Coordinator:
         return Outcome.STALL_TIMEOUT, (f"stall_timeout: no progress for {lim.stall_timeout:g}s "
                                        f"({_stall_cause(t)})")
 
+    def _compact_deadlines(self) -> None:
+        """Drop the entries of released transfers, and keep only the earliest of each held one
+        (``expire`` re-checks a popped entry against the transfer's true deadline, so a later
+        duplicate adds nothing)."""
+        earliest: dict[Transfer, tuple[float, int, Transfer]] = {}
+        for entry in self._deadlines:
+            t = entry[2]
+            if not t.released and (t not in earliest or entry < earliest[t]):
+                earliest[t] = entry
+        self._deadlines = list(earliest.values())
+        heapq.heapify(self._deadlines)
+        self._stale_deadlines = 0
+
     def _schedule(self, t: Transfer, deadline: float) -> None:
         sooner = not self._deadlines or deadline < self._deadlines[0][0]
         heapq.heappush(self._deadlines, (deadline, next(self._seq), t))
@@ -675,6 +742,22 @@ def _check_id(transfer_id: str) -> None:
     if len(transfer_id.encode()) > MAX_ID_BYTES:
         raise InvalidArgument(f"transfer_id is {len(transfer_id.encode())} bytes; "
                               f"the limit is {MAX_ID_BYTES}")
+    # Ids are echoed into logs, tables and metrics: no control or format characters (NUL,
+    # newlines, bidi overrides, zero-width), no separators or spaces that would hide or forge
+    # text there.
+    bad = next((c for c in transfer_id if not c.isprintable() or c.isspace()), None)
+    if bad is not None:
+        raise InvalidArgument(f"transfer_id contains U+{ord(bad):04X} at index "
+                              f"{transfer_id.index(bad)}: ids must be printable, with no spaces, "
+                              f"control or formatting characters")
+
+
+def _bounded(reason: str) -> str:
+    """``reason`` cut to MAX_FAILURE_REASON_BYTES (at a character boundary)."""
+    data = reason.encode()
+    if len(data) <= MAX_FAILURE_REASON_BYTES:
+        return reason
+    return data[:MAX_FAILURE_REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
 def _stall_cause(t: Transfer) -> str:

@@ -45,3 +45,10 @@ class Aborted(TransferError):
 
 class Unavailable(TransferError):
     code = "UNAVAILABLE"
+
+
+class PermissionDenied(TransferError):
+    """The call does not carry the transfer's secret (the shell checks secrets; see
+    ``kvferry.server.transfer_secrets``)."""
+
+    code = "PERMISSION_DENIED"

@@ -61,6 +61,7 @@ class Transfer:
         "blocks_wanted",
         "failure_reason",
         "finished_at",
+        "incarnation",
         "last_progress_at",
         "last_resume_sent_tokens",
         "lease_renewed_at",
@@ -112,6 +113,9 @@ class Transfer:
         self.lease_renewed_at = now  # the receiver's last call
         self.watchers = 0  # open Watch streams: each holds the lease
         self.seq = 0  # order of opening, set by the coordinator
+        # Which opening of this id this is (the coordinator numbers them, never reusing one): a
+        # call that names another incarnation is for an opening that was released.
+        self.incarnation = 0
         # Changes every time the window's blocks are given back (resume, failure, release), and
         # is unique across the server's life (the coordinator numbers them): a reader or writer
         # that planned against one epoch must not touch the blocks in another.

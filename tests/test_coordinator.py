@@ -614,3 +614,74 @@ def test_list_transfers_pages_in_opening_order_and_filters_by_state() -> None:
     assert [t.transfer_id for t in page] == ["c", "d"] and not more
     page, _ = c.list_transfers(states={State.FAILED})
     assert [t.transfer_id for t in page] == ["b"]
+
+
+def test_released_transfers_leave_nothing_behind() -> None:
+    """A released transfer's deadline entries (each holding the transfer and its metadata) are
+    compacted away: memory does not grow with the transfers that came and went. It grew by
+    ~0.65 KB per transfer until each one's retention deadline passed."""
+    import gc
+    import tracemalloc
+
+    c, _ = make(retention=10_000)
+    watched = Listener()
+    c.listener = watched
+
+    def cycles(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            tid = f"t{i}"
+            c.open(tid, 8, 0.0)
+            c.attach(tid, 8, b"m" * 1000, 0.0)
+            push(c, tid, 0, 8)
+            c.watch_started(c.get(tid), 0.0)  # one more deadline entry, as a Watch adds
+            c.watch_ended(c.get(tid), 0.0)
+            c.release(tid)
+
+    cycles(0, 500)  # warm up: interned strings, dict sizes
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    cycles(500, 5000)
+    gc.collect()
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes stayed behind after 5000 released transfers"
+    assert len(c._deadlines) <= 2 * 64 + 2
+
+
+def test_a_call_for_another_opening_is_refused() -> None:
+    c, _ = make()
+    first = c.open("x", 16, 0.0).incarnation
+    c.abort("x", "done", 0.0)
+    c.release("x")
+    second = c.open("x", 16, 0.0).incarnation
+    assert second > first
+    c.attach("x", 32, b"", 0.0)
+    push(c, "x", 0, 16)
+    for call in (lambda: c.resume("x", 16, 0, 1.0, incarnation=first),
+                 lambda: c.abort("x", "late", 1.0, incarnation=first),
+                 lambda: c.release("x", incarnation=first),
+                 lambda: c.read_segments("x", 1.0, incarnation=first),
+                 lambda: c.begin_write("x", 16, 1, incarnation=first),
+                 lambda: c.commit("x", 1, 16, 1, 1.0, incarnation=first)):
+        with pytest.raises(FailedPrecondition, match="was reopened"):
+            call()
+    t = c.get("x", second)
+    assert (t.state, t.sent_tokens, t.resume_count) == (State.TRANSFERRING, 16, 0)
+
+
+@pytest.mark.parametrize("tid", ["a\x00b", "a\nb", "a\u202eb", "a\u200bb", "a b", "\x7f"])
+def test_ids_that_would_forge_log_lines_are_refused(tid: str) -> None:
+    c, _ = make()
+    with pytest.raises(InvalidArgument, match="printable"):
+        c.open(tid, 8, 0.0)
+
+
+def test_failure_reasons_are_bounded() -> None:
+    c, _ = make()
+    t = c.open("x", 8, 0.0)
+    with pytest.raises(InvalidArgument, match="1024"):
+        c.abort("x", "r" * 1025, 0.0)
+    assert t.state is State.BOOTSTRAPPING
+    c.fail(t, Outcome.ERROR, "e" * 10_000, 0.0)
+    assert len(t.failure_reason.encode()) <= 2048 and t.failure_reason.endswith("...")
