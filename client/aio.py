@@ -16,6 +16,7 @@ import numpy as np
 from kvferry.client.limits import MESSAGE_BUDGET, TransportUnavailable
 from kvferry.client.mooncake import WriteMayLand
 from kvferry.client.rows import as_row_bytes
+from kvferry.client.secrets import receiver_metadata, sender_metadata
 from kvferry.client.transports import (
     ONE_SIDED,
     Writer,
@@ -120,15 +121,33 @@ class AsyncClient:
                 self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), metadata=self._md))
         return await asyncio.shield(self._pool)
 
-    async def poll(self, transfer_id: str) -> pb.TransferStatus:
-        return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id), metadata=self._md)
+    # ``secret``: the transfer's secret (kvferry.client.secrets), for a transfer bound to one.
+    # ``incarnation``: only the opening of the id with this TransferStatus.incarnation (0: any).
 
-    async def abort(self, transfer_id: str, reason: str) -> pb.TransferStatus:
-        return await self.stub.Abort(pb.AbortRequest(transfer_id=transfer_id, reason=reason),
-                                     metadata=self._md)
+    async def poll(self, transfer_id: str, *, secret: str | None = None,
+                   incarnation: int = 0) -> pb.TransferStatus:
+        return await self._poll(transfer_id, self._md + receiver_metadata(secret), incarnation)
 
-    async def release(self, transfer_id: str) -> pb.ReleaseResponse:
-        return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id), metadata=self._md)
+    async def abort(self, transfer_id: str, reason: str, *, secret: str | None = None,
+                    incarnation: int = 0) -> pb.TransferStatus:
+        return await self._abort(transfer_id, reason, self._md + receiver_metadata(secret),
+                                 incarnation)
+
+    async def release(self, transfer_id: str, *, secret: str | None = None,
+                      incarnation: int = 0) -> pb.ReleaseResponse:
+        return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id,
+                                                         incarnation=incarnation),
+                                       metadata=self._md + receiver_metadata(secret))
+
+    async def _poll(self, transfer_id: str, md: tuple[tuple[str, str], ...],
+                    incarnation: int = 0) -> pb.TransferStatus:
+        return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id, incarnation=incarnation),
+                                    metadata=md)
+
+    async def _abort(self, transfer_id: str, reason: str, md: tuple[tuple[str, str], ...],
+                     incarnation: int = 0) -> pb.TransferStatus:
+        return await self.stub.Abort(pb.AbortRequest(transfer_id=transfer_id, reason=reason,
+                                                     incarnation=incarnation), metadata=md)
 
     async def stats(self) -> pb.StatsResponse:
         return await self.stub.Stats(pb.StatsRequest(), metadata=self._md)
@@ -193,7 +212,8 @@ class AsyncClient:
 
     async def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
                    metadata: bytes = b"", start_token: int = 0,
-                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, transport: str = "auto") -> pb.TransferStatus:
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, transport: str = "auto", *,
+                   secret: str | None = None) -> pb.TransferStatus:
         """Send ``rows`` (tokens from ``start_token`` on) and return once all are in the pool.
 
         ``rows`` is bytes, a numpy array or a torch tensor of whole rows. ``transport`` says how
@@ -202,13 +222,15 @@ class AsyncClient:
         pushes them through gRPC otherwise. The call waits while the receiver's window is full and
         may start before the receiver opens the transfer. Raises ``TransferFailed`` if the
         transfer is aborted or times out, ``TransportUnavailable`` if the transport named cannot
-        work from here.
+        work from here. ``secret``: the transfer secret the router made (kvferry.client.secrets);
+        the call presents the sender secret derived from it, never the secret itself.
         """
         info = await self.pool_info()
         way, pool = await self._pick(transport, info)
+        md = self._md + sender_metadata(secret)
         if way != "grpc":
             return await self._send_one_sided(way, pool, transfer_id, rows, total_tokens,
-                                              metadata, start_token, info.row_bytes)
+                                              metadata, start_token, info.row_bytes, md)
         row_bytes = info.row_bytes
         view = as_row_bytes(rows, row_bytes)
         ntokens = len(view) // row_bytes
@@ -223,16 +245,18 @@ class AsyncClient:
                                      rows=bytes(view[off:off + step]))
 
         try:
-            reply = await self.stub.Push(messages(), metadata=self._md)
+            reply = await self.stub.Push(messages(), metadata=md)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.ABORTED:
                 raise TransferFailed(transfer_id, e.details() or "aborted") from e
             raise
+        if reply.status.state == FAILED:  # a server that answers OK for a failed transfer
+            raise TransferFailed(transfer_id, reply.status.failure_reason, reply.status)
         return reply.status
 
     async def _send_one_sided(self, way: str, pool: Writer, transfer_id: str, rows: Any,
                               total_tokens: int | None, metadata: bytes, start_token: int,
-                              row_bytes: int) -> pb.TransferStatus:
+                              row_bytes: int, md: tuple[tuple[str, str], ...]) -> pb.TransferStatus:
         """Attach, then for each grant: write the rows into the pool, wait until they landed,
         commit. A grant not fully committed when this returns or raises is detached (the writer
         says it stopped), so its blocks are never fenced longer than needed; except after a write
@@ -242,17 +266,19 @@ class AsyncClient:
         total = end if total_tokens is None else total_tokens
         grants = self.stub.Attach(pb.AttachRequest(transfer_id=transfer_id, total_tokens=total,
                                                    metadata=metadata, transport=way),
-                                  metadata=self._md)
+                                  metadata=md)
         lent = None  # the epoch of a grant not yet fully committed
+        incarnation = 0  # the opening the grants are for
         writing: asyncio.Future[None] | None = None  # a copy running in a thread
         try:
             async for grant in grants:
                 if grant.start_token < start_token:
                     raise ValueError(f"transfer {transfer_id!r} needs rows from token "
                                      f"{grant.start_token}; this call has them from {start_token}")
+                incarnation = grant.incarnation
                 upto = min(end, grant.start_token + grant.tokens)
                 if upto <= grant.start_token:  # every row of this call is delivered already
-                    return await self.poll(transfer_id)
+                    return await self._poll(transfer_id, md, incarnation)
                 lent = grant.epoch
                 if (upto - grant.start_token) * row_bytes >= INLINE_WRITE_BYTES:
                     writing = asyncio.ensure_future(asyncio.to_thread(pool.write, grant, src,
@@ -264,7 +290,7 @@ class AsyncClient:
                 try:
                     reply = await self.stub.Commit(pb.CommitRequest(
                         transfer_id=transfer_id, epoch=grant.epoch, start_token=grant.start_token,
-                        tokens=upto - grant.start_token), metadata=self._md)
+                        tokens=upto - grant.start_token, incarnation=incarnation), metadata=md)
                 except grpc.aio.AioRpcError as e:
                     if e.code() != grpc.StatusCode.NOT_FOUND:
                         raise
@@ -282,7 +308,7 @@ class AsyncClient:
             # receiver learns why at once, not at the stall timeout.
             lent = None
             reason = f"sender: {e}"
-            await _quietly(self.abort(transfer_id, reason))
+            await _quietly(self._abort(transfer_id, reason, md, incarnation))
             raise TransferFailed(transfer_id, reason) from e
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.ABORTED:
@@ -299,8 +325,8 @@ class AsyncClient:
                 with contextlib.suppress(BaseException):
                     await writing
             if lent is not None:
-                await _quietly(self.stub.Detach(pb.DetachRequest(transfer_id=transfer_id, epoch=lent),
-                                                metadata=self._md))
+                await _quietly(self.stub.Detach(pb.DetachRequest(
+                    transfer_id=transfer_id, epoch=lent, incarnation=incarnation), metadata=md))
             pool.finish(src)
 
     # -- receiver ------------------------------------------------------------------------------
@@ -308,7 +334,8 @@ class AsyncClient:
     async def receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
                       release: bool = True, wait_open: float = 30.0,
                       check_metadata: Callable[[bytes], None] | None = None,
-                      transport: str = "auto", views: bool = False) -> AsyncGenerator[Window, None]:
+                      transport: str = "auto", views: bool = False,
+                      secret: str | None = None) -> AsyncGenerator[Window, None]:
         """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
         The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
@@ -323,17 +350,22 @@ class AsyncClient:
         ``grpc`` reads it with Read; ``auto`` takes ``shm`` where it works. ``views``: with
         ``shm``, yield each window as a view into the pool, no copy at all, valid until the next
         window is asked for (then it is checked to have been the window's throughout, and the
-        window is resumed); keep what you need by copying it before that.
+        window is resumed); keep what you need by copying it before that. ``secret``: the
+        transfer secret the router made (kvferry.client.secrets): the Open binds the transfer to
+        it, and every later call presents it. Every call names the opening it is for
+        (its incarnation), so a rank that lags behind a Release never touches the next opening.
         """
         check_transport(transport)
         if transport == "cuda-ipc":
             raise ValueError("receive reads windows with transport 'shm' or 'grpc'; map a GPU "
                              "pool with map_pool() to take windows as tensors")
+        md = self._md + receiver_metadata(secret)
         if open:
-            await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id, window_tokens=window_tokens),
-                                 metadata=self._md)
+            opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
+                                                         window_tokens=window_tokens), metadata=md)
+            incarnation = opened.status.incarnation
         else:
-            await self._wait_for(transfer_id, wait_open)
+            incarnation = (await self._wait_for(transfer_id, wait_open, md)).incarnation
         info = await self.pool_info()
         row_bytes = info.row_bytes
         mapped: ShmPool | None = None
@@ -347,7 +379,8 @@ class AsyncClient:
         checked = check_metadata is None
         reason = "receiver stopped before the last window"
         finished = False
-        watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id), metadata=self._md)
+        watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation),
+                                metadata=md)
         try:
             async for st in watch:
                 if st.state == FAILED:
@@ -361,12 +394,12 @@ class AsyncClient:
                 if views and mapped is not None:
                     data = _one_view(mapped.window(st))
                 else:
-                    data = await self._read_window(transfer_id, st, mapped)
+                    data = await self._read_window(transfer_id, st, mapped, md)
                 last = st.state == SUCCESS
                 yield Window(transfer_id, st.window_start_token, data, row_bytes, st.total_tokens,
                              st.metadata, last)
                 if views and mapped is not None and not mapped.still_window(st):
-                    now = await self.poll(transfer_id)
+                    now = await self._poll(transfer_id, md, incarnation)
                     raise TransferFailed(transfer_id, now.failure_reason or "the window was freed "
                                          "while its view was in use: what was read is not its rows",
                                          now)
@@ -376,8 +409,9 @@ class AsyncClient:
                     return
                 await self.stub.Resume(pb.ResumeRequest(transfer_id=transfer_id,
                                                         sent_tokens=st.sent_tokens,
-                                                        window_tokens=window_tokens),
-                                       metadata=self._md)
+                                                        window_tokens=window_tokens,
+                                                        incarnation=incarnation),
+                                       metadata=md)
             raise TransferFailed(transfer_id, "the Watch stream ended before the last window "
                                  "(is the server stopping?)")
         except TransferFailed:
@@ -388,32 +422,33 @@ class AsyncClient:
         finally:
             watch.cancel()
             if not finished and open:
-                await _quietly(self.abort(transfer_id, reason))
+                await _quietly(self._abort(transfer_id, reason, md, incarnation))
             if release:
-                await _quietly(self.release(transfer_id))
+                await _quietly(self.stub.Release(pb.ReleaseRequest(
+                    transfer_id=transfer_id, incarnation=incarnation), metadata=md))
 
     async def _read_window(self, transfer_id: str, st: pb.TransferStatus,
-                           mapped: ShmPool | None) -> bytes:
+                           mapped: ShmPool | None, md: tuple[tuple[str, str], ...]) -> bytes:
         """The full window's rows: one copy out of the mapped pool, or a Read."""
         if mapped is None:
             return b"".join([m.rows async for m in self.stub.Read(
-                pb.ReadRequest(transfer_id=transfer_id), metadata=self._md)])
+                pb.ReadRequest(transfer_id=transfer_id, incarnation=st.incarnation), metadata=md)])
         views = mapped.window(st)
         data = views[0].tobytes() if len(views) == 1 else b"".join(v.data for v in views)
         # The window stays the receiver's until it resumes, unless the transfer failed and its
         # blocks went to another: then the copy may hold their rows, and must not be handed out.
         if not mapped.still_window(st):
-            now = await self.poll(transfer_id)
+            now = await self._poll(transfer_id, md, st.incarnation)
             raise TransferFailed(transfer_id, now.failure_reason or "the window was freed while "
                                  "it was being read", now)
         return data
 
-    async def _wait_for(self, transfer_id: str, seconds: float) -> None:
+    async def _wait_for(self, transfer_id: str, seconds: float,
+                        md: tuple[tuple[str, str], ...]) -> pb.TransferStatus:
         deadline = asyncio.get_running_loop().time() + seconds
         while True:
             try:
-                await self.poll(transfer_id)
-                return
+                return await self._poll(transfer_id, md)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
                     raise

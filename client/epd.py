@@ -129,7 +129,8 @@ class EpdSender:
 
     def send(self, request_id: str, embeddings: torch.Tensor, token_ids: torch.Tensor,
              mrope_positions: torch.Tensor, mrope_position_delta: int = 0,
-             extra_aux: Sequence[int] = ()) -> pb.TransferStatus:
+             extra_aux: Sequence[int] = (), secret: str | None = None) -> pb.TransferStatus:
+        """``secret``: the request's transfer secret (kvferry.client.secrets), as the receiver's."""
         row_bytes = self.client.pool_info().row_bytes
         if row_bytes != self.layout.row_bytes:
             raise LayoutMismatch(f"the server's rows are {row_bytes} bytes; this layout needs "
@@ -137,7 +138,7 @@ class EpdSender:
                                  f"{self.layout.row_bytes})")
         rows = self.layout.pack(embeddings, token_ids, mrope_positions)
         aux = [rows.shape[0], mrope_position_delta, *extra_aux]
-        return self.client.send(request_id, rows, metadata=self.layout.header(aux))
+        return self.client.send(request_id, rows, metadata=self.layout.header(aux), secret=secret)
 
 
 class EpdReceiver:
@@ -145,7 +146,8 @@ class EpdReceiver:
         self.client, self.layout = client, layout
 
     def windows(self, request_id: str, window_tokens: int = 0, **receive: Any) -> Iterator[EpdWindow]:
-        """Each window decoded. Extra arguments go to ``Client.receive`` (open, release, ...)."""
+        """Each window decoded. Extra arguments go to ``Client.receive`` (open, release,
+        secret, ...)."""
         for w in self.client.receive(request_id, window_tokens,
                                      check_metadata=self.layout.read_header, **receive):
             yield EpdWindow(w.start_token, self.layout.unpack(w.rows()),

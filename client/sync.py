@@ -47,14 +47,14 @@ class Client:
     def pool_info(self, refresh: bool = False) -> pb.PoolInfo:
         return self._run(self._aio.pool_info(refresh))
 
-    def poll(self, transfer_id: str) -> pb.TransferStatus:
-        return self._run(self._aio.poll(transfer_id))
+    def poll(self, transfer_id: str, **kwargs: Any) -> pb.TransferStatus:
+        return self._run(self._aio.poll(transfer_id, **kwargs))
 
-    def abort(self, transfer_id: str, reason: str) -> pb.TransferStatus:
-        return self._run(self._aio.abort(transfer_id, reason))
+    def abort(self, transfer_id: str, reason: str, **kwargs: Any) -> pb.TransferStatus:
+        return self._run(self._aio.abort(transfer_id, reason, **kwargs))
 
-    def release(self, transfer_id: str) -> pb.ReleaseResponse:
-        return self._run(self._aio.release(transfer_id))
+    def release(self, transfer_id: str, **kwargs: Any) -> pb.ReleaseResponse:
+        return self._run(self._aio.release(transfer_id, **kwargs))
 
     def stats(self) -> pb.StatsResponse:
         return self._run(self._aio.stats())

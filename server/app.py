@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from kvferry.server.auth import BearerToken
+from kvferry.server.auth import BearerTokens
 from kvferry.server.config import ServerConfig, parse_faults
 from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
@@ -30,6 +30,7 @@ from kvferry.server.pipeline import Pipeline
 from kvferry.server.service import TransferService
 from kvferry.server.status_cache import StatusCache
 from kvferry.server.storage import BlockStorage, open_storage
+from kvferry.server.transfer_secrets import SecretBook
 from kvferry.statemachine import Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -111,16 +112,21 @@ async def _start(config: ServerConfig, storage: BlockStorage,
     registry = CollectorRegistry()
     notifier = ChangeNotifier()
     statuses = StatusCache()
-    listener = ShellListener(notifier, TransferHistograms(registry), statuses, storage)
-    coord = Coordinator(config.limits(), listener)
-    registry.register(CoordinatorCollector(coord, config.device, config.row_bytes))
+    secrets = SecretBook(config.require_transfer_secrets)
+    listener = ShellListener(notifier, TransferHistograms(registry), statuses, storage, secrets)
+    # Incarnations count up from the start time in microseconds: apart across restarts.
+    coord = Coordinator(config.limits(), listener, first_incarnation=time.time_ns() // 1000)
+    service = TransferService(config, coord, storage, notifier, statuses, secrets, mooncake)
+    registry.register(CoordinatorCollector(coord, config.device, config.row_bytes,
+                                           lambda: service.senders_waiting))
 
     token = config.read_auth_token()
+    admin = config.read_admin_token()
     faults = parse_faults(config.faults)
     if faults:
         log.warning("fault injection is ON: %s", config.faults)
     pipeline = Pipeline(GrpcServerMetrics(registry),
-                        BearerToken(token) if token is not None else None,
+                        BearerTokens(token, admin) if token is not None or admin is not None else None,
                         FaultPlan(faults, config.fault_seed) if faults else None)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -131,7 +137,7 @@ async def _start(config: ServerConfig, storage: BlockStorage,
         ("grpc.server.max_pending_requests_hard_limit", 8 * config.max_streams),
     ])
     pipeline.install(server, pb_grpc.add_TransferServiceServicer_to_server,
-                     TransferService(config, coord, storage, notifier, statuses, mooncake),
+                     service,
                      decoders=TransferService.DECODERS, raw_responses=TransferService.RAW_RESPONSES)
     health_servicer = health.aio.HealthServicer()
     pipeline.install(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default=os.environ.get("KVFERRY_TARGET", "127.0.0.1:50051"),
                        help="host:port of the server (default: %(default)s; env KVFERRY_TARGET)")
         p.add_argument("--token-file", default=os.environ.get("KVFERRY_TOKEN_FILE", ""),
-                       help="file holding the server's bearer token (env KVFERRY_TOKEN_FILE)")
+                       help="file holding the server's bearer token: its admin token when it has one "
+                            "(--admin-token-file) (env KVFERRY_TOKEN_FILE)")
         p.add_argument("--tls-ca", default="", help="PEM CA bundle: connect over TLS")
         p.add_argument("--tls-cert", default="", help="PEM client certificate (mTLS)")
         p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")

@@ -35,11 +35,14 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_transfers: int = 10_000
     max_streams: int = 4_096
+    max_metadata_bytes: int = 64 * 1024
     shm_dir: str = "/dev/shm"
     mooncake: str = ""
     mooncake_host: str = ""
     mooncake_device: str = ""
     auth_token_file: str = ""
+    admin_token_file: str = ""
+    require_transfer_secrets: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -76,6 +79,12 @@ class ServerConfig:
                     f"fence_timeout={self.fence_timeout:g}s is shorter than the Mooncake engine's "
                     f"transfer timeout ({engine:g}s, MC_TRANSFER_TIMEOUT): a write that timed out can "
                     f"still land that long after, so fence for at least {engine:g}s")
+        status = self.max_metadata_bytes + 5 * self.num_blocks + STATUS_OVERHEAD
+        if status > MESSAGE_BUDGET:
+            raise ValueError(f"a transfer status could reach {status} bytes (max_metadata_bytes="
+                             f"{self.max_metadata_bytes} plus up to 5 bytes per block of "
+                             f"{self.num_blocks}), more than a default client receives "
+                             f"({MESSAGE_BUDGET}): lower max_metadata_bytes or num_blocks")
         self.limits()  # the core's own checks, at start-up rather than at first use
 
     def limits(self) -> Limits:
@@ -83,16 +92,14 @@ class ServerConfig:
                       default_window_tokens=self.default_window_tokens,
                       bootstrap_timeout=self.bootstrap_timeout, stall_timeout=self.stall_timeout,
                       retention=self.retention, lease_timeout=self.lease_timeout,
-                      max_transfers=self.max_transfers, fence_timeout=self.fence_timeout)
+                      max_transfers=self.max_transfers, fence_timeout=self.fence_timeout,
+                      max_metadata_bytes=self.max_metadata_bytes)
 
     def read_auth_token(self) -> str | None:
-        if not self.auth_token_file:
-            return None
-        with open(self.auth_token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        if not token:
-            raise ValueError(f"auth_token_file {self.auth_token_file} is empty")
-        return token
+        return _read_token("auth_token_file", self.auth_token_file)
+
+    def read_admin_token(self) -> str | None:
+        return _read_token("admin_token_file", self.admin_token_file)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         if not self.tls_cert:
@@ -106,6 +113,20 @@ class ServerConfig:
         ca = read(self.tls_client_ca) if self.tls_client_ca else None
         return grpc.ssl_server_credentials([(read(self.tls_key), read(self.tls_cert))],
                                            root_certificates=ca, require_client_auth=ca is not None)
+
+
+# A status besides its metadata and block indices: ids, reasons (bounded by the core) and numbers.
+STATUS_OVERHEAD = 8 * 1024
+
+
+def _read_token(name: str, path: str) -> str | None:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"{name} {path} is empty")
+    return token
 
 
 def mooncake_transfer_timeout() -> float:
@@ -140,8 +161,16 @@ _HELP: dict[str, str] = {
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
     "max_transfers": "transfers held at once (live or unreleased); Open beyond: RESOURCE_EXHAUSTED",
     "max_streams": "concurrent Push, Watch and Read streams; beyond: RESOURCE_EXHAUSTED",
+    "max_metadata_bytes": "largest sender metadata accepted (bigger: INVALID_ARGUMENT); it is held "
+                          "and echoed in every status of its transfer",
     "auth_token_file": "file holding a bearer token every call must carry as 'authorization: "
                        "Bearer <token>' (health checks exempt); empty: no auth",
+    "admin_token_file": "file holding the token operator calls (List, Stats; kvferry status/top) "
+                        "must carry instead; it passes wherever the service token does; empty: "
+                        "operator calls need only the service token",
+    "require_transfer_secrets": "refuse Open and senders that carry no per-transfer secret "
+                                "(metadata kvferry-transfer-secret / kvferry-sender-secret); "
+                                "transfers bound to a secret are protected either way",
     "tls_cert": "PEM certificate chain: serve gRPC over TLS",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mTLS)",
@@ -160,13 +189,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
     for f in fields(ServerConfig):
         default = getattr(defaults, f.name)
-        kind: Callable[[str], Any] = type(default)
+        kind: Callable[[str], Any] = _flag_bool if isinstance(default, bool) else type(default)
         env = os.environ.get(env_name(f.name))
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind,
             default=kind(env) if env is not None else default,
-            help=f"{_HELP[f.name]} (default: %(default)s; env {env_name(f.name)})",
+            help=f"{_HELP[f.name]} (default: %(default)s; env {env_name(f.name)})", **extra,
         )
+
+
+def _flag_bool(text: str) -> bool:
+    """A boolean flag's value: ``--flag`` alone, or ``--flag=true|false`` (also 1/0, yes/no)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean: use true or false")
 
 
 def from_namespace(ns: argparse.Namespace) -> ServerConfig:

@@ -8,13 +8,15 @@ from kvferry.server.metrics import TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache
 from kvferry.server.storage import BlockStorage
-from kvferry.statemachine import Listener, Transfer
+from kvferry.server.transfer_secrets import SecretBook
+from kvferry.statemachine import Fence, Listener, Transfer
 
 
 class ShellListener(Listener):
     def __init__(self, notifier: ChangeNotifier, histograms: TransferHistograms,
-                 statuses: StatusCache, storage: BlockStorage) -> None:
+                 statuses: StatusCache, storage: BlockStorage, secrets: SecretBook) -> None:
         self.notifier = notifier
+        self.secrets = secrets
         self.histograms = histograms
         self.statuses = statuses
         self.storage = storage
@@ -35,6 +37,13 @@ class ShellListener(Listener):
     def finished(self, t: Transfer) -> None:
         self.histograms.finished(t)
 
+    def fenced(self, t: Transfer, fence: Fence) -> None:
+        self.secrets.fenced(t, fence.epoch)
+
+    def fence_lifted(self, fence: Fence) -> None:
+        self.secrets.lifted(fence.epoch)
+
     def released(self, t: Transfer, by: str) -> None:
         self.statuses.forget(t)
+        self.secrets.forget(t)
         self.notifier.notify(t.transfer_id)

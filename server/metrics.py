@@ -6,7 +6,7 @@ the Stats RPC and /metrics can never disagree; only the histograms are observed 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -46,8 +46,10 @@ class CoordinatorCollector(Collector):
     """Counters and gauges read at scrape time from ints the core keeps current (no walk over
     transfers). Runs on the HTTP thread: it reads ints only."""
 
-    def __init__(self, coord: Coordinator, device: str, row_bytes: int) -> None:
+    def __init__(self, coord: Coordinator, device: str, row_bytes: int,
+                 senders_waiting: Callable[[], int] = lambda: 0) -> None:
         self._coord = coord
+        self._senders_waiting = senders_waiting
         self._device = device
         self._row_bytes = row_bytes
 
@@ -111,6 +113,9 @@ class CoordinatorCollector(Collector):
         info.add_metric([self._device, str(c.limits.num_blocks), str(c.limits.block_tokens),
                          str(self._row_bytes)], 1)
         yield info
+        yield GaugeMetricFamily("kvferry_senders_waiting",
+                                "Senders (Push or Attach) waiting for their receiver's Open, up to "
+                                "--bootstrap-timeout.", value=self._senders_waiting())
         yield GaugeMetricFamily("kvferry_resume_waiting_for_blocks",
                                 "Transfers whose resume waits for free pool blocks.",
                                 value=c.resumes_waiting)

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from kvferry.server.auth import EXEMPT_SERVICES, MESSAGE, BearerToken
+from kvferry.server.auth import EXEMPT_SERVICES, BearerTokens
 from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics, final_code
 from kvferry.statemachine import TransferError
@@ -40,7 +40,7 @@ class CapturingServer:
 @dataclass
 class Pipeline:
     metrics: GrpcServerMetrics
-    auth: BearerToken | None = None
+    auth: BearerTokens | None = None
     faults: FaultPlan | None = None
 
     def install(self, server: grpc.aio.Server, add_servicer: Callable[[Any, Any], None],
@@ -69,8 +69,9 @@ class Pipeline:
         checked = auth is not None or faults is not None
 
         async def admit(context: grpc.aio.ServicerContext) -> None:
-            if auth is not None and not auth.allows(context.invocation_metadata()):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+            refusal = None if auth is None else auth.refusal(method, context.invocation_metadata())
+            if refusal is not None:
+                await context.abort(*refusal)
             if faults is not None:
                 await faults.apply(method, context)
 

@@ -3,6 +3,7 @@ turned into gRPC statuses by the pipeline that wraps every method."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,6 +16,7 @@ from kvferry.server.mooncake_endpoint import MooncakeEndpoint
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache, status_of, wire_state
 from kvferry.server.storage import BlockStorage, Landing, PoolUnavailable
+from kvferry.server.transfer_secrets import Presented, Role, SecretBook
 from kvferry.server.wire import PushMessage, decode_push, encode_read_response
 from kvferry.statemachine import (
     Aborted,
@@ -39,9 +41,10 @@ class TransferService(pb_grpc.TransferServiceServicer):
     RAW_RESPONSES = frozenset({"Read", "Poll", "Watch"})
 
     def __init__(self, config: ServerConfig, coord: Coordinator, storage: BlockStorage,
-                 notifier: ChangeNotifier, statuses: StatusCache,
+                 notifier: ChangeNotifier, statuses: StatusCache, secrets: SecretBook,
                  mooncake: MooncakeEndpoint | None = None) -> None:
         self.config = config
+        self.secrets = secrets
         self.coord = coord
         self.storage = storage
         self.mooncake = mooncake
@@ -55,6 +58,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         self.started_at = self.clock()
         self.host_id = host_id()
         self.streams = 0
+        self.senders_waiting = 0  # in ``_attach``, for the receiver's Open
 
     @contextlib.contextmanager
     def _stream_slot(self) -> Iterator[None]:
@@ -67,6 +71,19 @@ class TransferService(pb_grpc.TransferServiceServicer):
             yield
         finally:
             self.streams -= 1
+
+    def _held(self, transfer_id: str, incarnation: int, context: Any, role: Role,
+              call: str) -> Transfer:
+        """The transfer a call is about, if the call may touch it in ``role`` (its secret) and is
+        for the opening held (its incarnation). The core call it guards follows with no await."""
+        return self._held_by(transfer_id, incarnation, Presented.of(context.invocation_metadata()),
+                             role, call)
+
+    def _held_by(self, transfer_id: str, incarnation: int, presented: Presented, role: Role,
+                 call: str) -> Transfer:
+        t = self.coord.get(transfer_id, incarnation)
+        self.secrets.check(t, presented, role, call)
+        return t
 
     async def GetPoolInfo(self, request: pb.GetPoolInfoRequest, context: Any) -> pb.PoolInfo:
         return self._pool_info()
@@ -97,10 +114,18 @@ class TransferService(pb_grpc.TransferServiceServicer):
                                   f"UNSPECIFIED")
         now = self.clock()
         held, more = self.coord.list_transfers(after, frozenset(states), size)
-        out = [pb.TransferSummary(status=status_of(t), age_seconds=now - t.opened_at,
-                                  idle_seconds=now - t.last_progress_at, outcome=t.outcome)
+        out = [pb.TransferSummary(status=self._listed(t), age_seconds=now - t.opened_at,
+                                  idle_seconds=now - t.last_progress_at, outcome=t.outcome,
+                                  metadata_bytes=len(t.metadata))
                for t in held]
         return pb.ListResponse(transfers=out, next_page_token=str(held[-1].seq) if more else "")
+
+    def _listed(self, t: Transfer) -> pb.TransferStatus:
+        """A status for operators: a transfer bound to a secret shows no metadata (sizes only)."""
+        status = status_of(t)
+        if self.secrets.locked(t):
+            status.ClearField("metadata")
+        return status
 
     def _pool_info(self) -> pb.PoolInfo:
         c = self.coord
@@ -110,7 +135,9 @@ class TransferService(pb_grpc.TransferServiceServicer):
             device=self.config.device, default_window_tokens=c.limits.default_window_tokens,
             max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers),
             transports=["grpc", *self.one_sided], host_id=self.host_id,
-            shm_path=self.storage.shm_path, quarantined_blocks=c.quarantine.blocks)
+            shm_path=self.storage.shm_path, quarantined_blocks=c.quarantine.blocks,
+            max_metadata_bytes=c.limits.max_metadata_bytes,
+            transfer_secrets_required=self.secrets.required)
         if self.mooncake is not None:
             info.mooncake_session = self.mooncake.session
             info.mooncake_protocol = self.mooncake.protocol
@@ -118,21 +145,28 @@ class TransferService(pb_grpc.TransferServiceServicer):
         return info
 
     async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
+        lock = self.secrets.check_open(request.transfer_id,
+                                       Presented.of(context.invocation_metadata()))
         t = self.coord.open(request.transfer_id, request.window_tokens, self.clock())
+        self.secrets.bind(t, lock)
         return pb.OpenResponse(status=status_of(t))
 
     async def Poll(self, request: pb.PollRequest, context: Any) -> bytes:
+        self._held(request.transfer_id, request.incarnation, context, Role.EITHER, "Poll")
         return self.statuses.bytes_of(self.coord.observe(request.transfer_id, self.clock()))
 
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
+        self._held(request.transfer_id, request.incarnation, context, Role.RECEIVER, "Resume")
         r = self.coord.resume(request.transfer_id, request.sent_tokens, request.window_tokens,
                               self.clock())
         return pb.ResumeResponse(status=status_of(r.transfer), duplicate=r.duplicate)
 
     async def Abort(self, request: pb.AbortRequest, context: Any) -> pb.TransferStatus:
+        self._held(request.transfer_id, request.incarnation, context, Role.EITHER, "Abort")
         return status_of(self.coord.abort(request.transfer_id, request.reason, self.clock()))
 
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
+        self._held(request.transfer_id, request.incarnation, context, Role.RECEIVER, "Release")
         t, freed = self.coord.release(request.transfer_id)
         return pb.ReleaseResponse(status=status_of(t), freed_blocks=freed)
 
@@ -143,7 +177,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             raise FailedPrecondition(str(e)) from None
 
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[bytes]:
-        t = self.coord.get(request.transfer_id)
+        t = self._held(request.transfer_id, request.incarnation, context, Role.EITHER, "Watch")
         with self._stream_slot():
             self.coord.watch_started(t, self.clock())
             try:
@@ -159,6 +193,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[bytes]:
         """Serialized ReadResponses (the method is registered with a raw response serializer)."""
+        self._held(request.transfer_id, request.incarnation, context, Role.RECEIVER, "Read")
         t, segments = self.coord.read_segments(request.transfer_id, self.clock())
         epoch, token = t.window_epoch, t.window_start_token
 
@@ -180,20 +215,24 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def Push(self, request_iterator: AsyncIterator[PushMessage | pb.PushRequest],
                    context: Any) -> pb.PushResponse:
         with self._stream_slot():
-            return await self._push(request_iterator)
+            return await self._push(request_iterator, Presented.of(context.invocation_metadata()))
 
-    async def _push(self, request_iterator: AsyncIterator[PushMessage | pb.PushRequest]) -> pb.PushResponse:
-        t: Transfer | None = None
-        async for msg in request_iterator:
-            if t is None:
-                t = await self._attach(msg)
-            elif msg.transfer_id and msg.transfer_id != t.transfer_id:
-                raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
-                                      f"names {msg.transfer_id!r}; use one stream per transfer")
-            await self._write(t.transfer_id, msg.start_token, msg.rows)
-        if t is None:
+    async def _push(self, requests: AsyncIterator[PushMessage | pb.PushRequest],
+                    presented: Presented) -> pb.PushResponse:
+        msg = await anext(requests, None)
+        if msg is None:
             raise InvalidArgument("the Push stream carried no message; the first must carry "
                                   "transfer_id and total_tokens")
+        t = await self._attach(msg, presented, "Push")
+        async with _EndsWithTransfer(t, self.notifier) as ends:
+            while msg is not None:
+                if msg.transfer_id and msg.transfer_id != t.transfer_id:
+                    raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
+                                          f"names {msg.transfer_id!r}; use one stream per transfer")
+                await self._write(t, msg.start_token, msg.rows)
+                msg = await ends.next_of(requests)
+        if t.state is State.FAILED:  # a sender never hears OK for a transfer that failed
+            raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}")
         return pb.PushResponse(status=status_of(t))
 
     # -- one-sided sender ----------------------------------------------------------------------
@@ -204,52 +243,78 @@ class TransferService(pb_grpc.TransferServiceServicer):
                                   f"server's pool on {self.config.device} offers "
                                   f"{list(self.one_sided)} to one-sided senders; or Push")
         with self._stream_slot():
-            t = await self._attach(request)
+            t = await self._attach(request, Presented.of(context.invocation_metadata()), "Attach")
             lent = -1
             while True:
                 if t.state is State.FAILED:
                     raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}")
                 if t.state is State.SUCCESS or t.released:
                     return
-                g = self.coord.grant(t.transfer_id)
+                g = self.coord.grant(t.transfer_id, t.incarnation)
                 if g is not None and g.epoch != lent:
                     lent = g.epoch
                     yield pb.Grant(epoch=g.epoch, start_token=g.start_token, tokens=g.tokens,
                                    window_start_token=g.window_start_token,
-                                   block_indices=g.blocks, block_tokens=self.coord.limits.block_tokens)
+                                   block_indices=g.blocks, block_tokens=self.coord.limits.block_tokens,
+                                   incarnation=t.incarnation)
                     continue  # the yield awaited: look again before waiting
                 await self.notifier.wait(t.transfer_id)
 
     async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
+        self._held(request.transfer_id, request.incarnation, context, Role.SENDER, "Commit")
         r = self.coord.commit(request.transfer_id, request.epoch, request.start_token,
                               request.tokens, self.clock())
         return pb.CommitResponse(status=status_of(r.transfer), duplicate=r.duplicate)
 
     async def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DetachResponse:
-        return pb.DetachResponse(freed_blocks=self.coord.detach(request.transfer_id, request.epoch))
+        presented = Presented.of(context.invocation_metadata())
+        # A fence outlives its transfer's release: its writer's secret is checked either way.
+        self.secrets.check_fence(request.epoch, request.transfer_id, presented)
+        held = self.coord.transfers.get(request.transfer_id)
+        if held is not None:
+            self.secrets.check(held, presented, Role.SENDER, "Detach")
+        return pb.DetachResponse(freed_blocks=self.coord.detach(
+            request.transfer_id, request.epoch, request.incarnation))
 
-    async def _attach(self, msg: PushMessage | pb.PushRequest | pb.AttachRequest) -> Transfer:
-        """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout."""
+    async def _attach(self, msg: PushMessage | pb.PushRequest | pb.AttachRequest,
+                      presented: Presented, call: str) -> Transfer:
+        """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout; its
+        secret claims the id meanwhile."""
+        self.coord.check_sender(msg.total_tokens, msg.metadata)
         deadline = self.clock() + self.config.bootstrap_timeout
-        while True:
-            try:
-                return self.coord.attach(msg.transfer_id, msg.total_tokens, msg.metadata, self.clock())
-            except NotFound:
-                left = deadline - self.clock()
-                if left <= 0:
-                    raise NotFound(f"no receiver opened transfer {msg.transfer_id!r} within the "
-                                   f"bootstrap timeout ({self.config.bootstrap_timeout:g}s); the "
-                                   f"receiver must Open it") from None
-                await self.notifier.wait(msg.transfer_id, timeout=left)
+        claimed = False
+        try:
+            while True:
+                try:
+                    self._held_by(msg.transfer_id, msg.incarnation, presented, Role.SENDER, call)
+                    return self.coord.attach(msg.transfer_id, msg.total_tokens, msg.metadata,
+                                             self.clock())
+                except NotFound:
+                    if not claimed:
+                        claimed = self.secrets.claim(msg.transfer_id, presented)
+                    left = deadline - self.clock()
+                    if left <= 0:
+                        raise NotFound(f"no receiver opened transfer {msg.transfer_id!r} within the "
+                                       f"bootstrap timeout ({self.config.bootstrap_timeout:g}s); the "
+                                       f"receiver must Open it") from None
+                    self.senders_waiting += 1
+                    try:
+                        await self.notifier.wait(msg.transfer_id, timeout=left)
+                    finally:
+                        self.senders_waiting -= 1
+        finally:
+            if claimed:
+                self.secrets.unclaim(msg.transfer_id)
 
-    async def _write(self, transfer_id: str, start_token: int, rows: bytes | memoryview) -> None:
+    async def _write(self, t: Transfer, start_token: int, rows: bytes | memoryview) -> None:
         if len(rows) % self.row_bytes:
             raise InvalidArgument(f"rows is {len(rows)} bytes, not a multiple of row_bytes="
                                   f"{self.row_bytes}; send whole rows (see GetPoolInfo)")
         n = len(rows) // self.row_bytes
         done = 0
         while True:
-            ticket = self.coord.begin_write(transfer_id, start_token + done, n - done)
+            ticket = self.coord.begin_write(t.transfer_id, start_token + done, n - done,
+                                            t.incarnation)
             done += ticket.skip
             if ticket.count:
                 landing = Landing()
@@ -265,7 +330,58 @@ class TransferService(pb_grpc.TransferServiceServicer):
             if done == n:
                 return
             if not ticket.count:  # window full: hold the stream until a resume (backpressure)
-                await self.notifier.wait(transfer_id)
+                await self.notifier.wait(t.transfer_id)
+
+
+class _EndsWithTransfer:
+    """Ends a stream handler the moment its transfer fails, even while it waits for the client's
+    next message: an idle sender's stream must not outlive its transfer (it holds a
+    --max-streams slot, and its sender must learn why at once).
+
+    A watcher task waits for the failure and cancels the handler, but only while the handler
+    waits in ``next_of``; elsewhere (a copy, a backpressure wait) the handler sees the failure
+    itself, through the core's refusal."""
+
+    def __init__(self, t: Transfer, notifier: ChangeNotifier) -> None:
+        self.t, self.notifier = t, notifier
+        self._handler = asyncio.current_task()
+        self._idle = False
+        self._cancelled = False
+
+    async def __aenter__(self) -> _EndsWithTransfer:
+        self._watcher = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        while not self.t.state.terminal:
+            await self.notifier.wait(self.t.transfer_id)
+        if self.t.state is State.FAILED and self._idle and self._handler is not None:
+            self._cancelled = True
+            self._handler.cancel()
+
+    def _failed(self) -> Aborted:
+        return Aborted(f"transfer {self.t.transfer_id!r} failed: {self.t.failure_reason}")
+
+    async def next_of(self, requests: AsyncIterator[Any]) -> Any:
+        """The next message, None at the end; Aborted once the transfer failed."""
+        if self.t.state is State.FAILED:  # checked with no await before ``_idle`` is set
+            raise self._failed()
+        self._idle = True
+        try:
+            return await anext(requests, None)
+        except asyncio.CancelledError:
+            if self._cancelled:
+                # Ours, unless the call itself was cancelled too (Python 3.11+ counts cancels;
+                # then it stays cancelled).
+                uncancel = getattr(self._handler, "uncancel", None)
+                if uncancel is None or uncancel() == 0:
+                    raise self._failed() from None
+            raise
+        finally:
+            self._idle = False
 
 
 def _chunks(segments: list[Any], max_rows: int) -> list[list[Any]]:

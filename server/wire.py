@@ -27,6 +27,7 @@ class PushMessage(NamedTuple):
     metadata: bytes
     start_token: int
     rows: memoryview | bytes
+    incarnation: int = 0
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -55,7 +56,7 @@ def decode_push_by_hand(raw: bytes) -> PushMessage | pb.PushRequest:
     transfer_id: bytes | memoryview = b""
     metadata: bytes | memoryview = b""
     rows: bytes | memoryview = b""
-    total = start = 0
+    total = start = incarnation = 0
     i, n = 0, len(raw)
     while i < n:
         key, i = _varint(raw, i)
@@ -68,6 +69,8 @@ def decode_push_by_hand(raw: bytes) -> PushMessage | pb.PushRequest:
                 total = value
             elif field == 4:
                 start = value
+            elif field == 6:
+                incarnation = value
         elif wire == 2:
             size, i = _varint(raw, i)
             end = i + size
@@ -92,7 +95,7 @@ def decode_push_by_hand(raw: bytes) -> PushMessage | pb.PushRequest:
         tid = bytes(transfer_id).decode("utf-8")
     except UnicodeDecodeError:
         raise DecodeError("String field had bad UTF-8") from None
-    return PushMessage(tid, total, bytes(metadata), start, rows)
+    return PushMessage(tid, total, bytes(metadata), start, rows, incarnation)
 
 
 def _encode_varint(value: int) -> bytes:

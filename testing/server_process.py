@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +27,8 @@ class ServerProcess:
     grpc_port: int
     metrics_port: int
     flags: dict[str, Any] = field(default_factory=dict)
+    # What this helper's own calls carry: the bearer token, when the server was given one.
+    call_metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def host(self) -> str:
@@ -54,7 +57,7 @@ class ServerProcess:
     def pool_info(self) -> pb.PoolInfo:
         ch, stub = self.stub()
         with ch:
-            return stub.GetPoolInfo(pb.GetPoolInfoRequest(), timeout=5)
+            return stub.GetPoolInfo(pb.GetPoolInfoRequest(), timeout=5, metadata=self.call_metadata)
 
     def assert_pool_free(self, timeout: float = 5.0) -> None:
         """Every block free and no transfer held (releases may still be landing)."""
@@ -100,7 +103,9 @@ def launch(flags: dict[str, Any], credentials: grpc.ChannelCredentials | None = 
         err = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"server did not start: {err}")
     started = json.loads(line)
-    srv = ServerProcess(proc, started["grpc_port"], started["metrics_port"], dict(flags))
+    token_file = flags.get("admin_token_file") or flags.get("auth_token_file")
+    md = (("authorization", f"Bearer {Path(token_file).read_text().strip()}"),) if token_file else ()
+    srv = ServerProcess(proc, started["grpc_port"], started["metrics_port"], dict(flags), md)
     ch = (grpc.insecure_channel(srv.target) if credentials is None
           else grpc.secure_channel(srv.target, credentials))
     with ch:

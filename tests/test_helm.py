@@ -91,9 +91,13 @@ def test_default_values_map_one_to_one_onto_serve_flags() -> None:
         s["leaseTimeout"], s["maxTransfers"], s["maxStreams"])
     assert cfg.fence_timeout == s["fenceTimeout"]
     assert not cfg.auth_token_file and not cfg.tls_cert
-    # The chart's defaults are the server's defaults, but for the bind address.
+    # Transfers need their secrets by default (see "Security" in docs/protocol.md).
+    assert cfg.require_transfer_secrets is True and cfg.max_metadata_bytes == 64 * 1024
+    off = parsed_args(container(render({"server": {"requireTransferSecrets": False}})))
+    assert off.require_transfer_secrets is False
+    # The chart's defaults are the server's defaults, but for the bind address and secrets.
     from kvferry.server.config import ServerConfig
-    assert cfg == ServerConfig(host="0.0.0.0")
+    assert cfg == ServerConfig(host="0.0.0.0", require_transfer_secrets=True)
 
 
 def test_probes_are_grpc_health_probes_on_the_grpc_port() -> None:
@@ -151,7 +155,9 @@ def test_auth_and_tls() -> None:
     assert (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) == (
         f"{mounts['tls']}/tls.crt", f"{mounts['tls']}/tls.key", f"{mounts['tls']}/ca.crt")
     secret = one(docs, "Secret")
-    assert len(secret["data"]["token"]) > 40
+    assert len(secret["data"]["token"]) > 40 and len(secret["data"]["admin"]) > 40
+    assert secret["data"]["admin"] != secret["data"]["token"]
+    assert cfg.admin_token_file == f"{mounts['auth']}/admin"
     volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["auth"]["secret"]["secretName"] == secret["metadata"]["name"]
     assert volumes["tls"]["secret"]["secretName"] == "kvferry-tls"

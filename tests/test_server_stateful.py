@@ -27,6 +27,8 @@ def row(gen: int, token: int) -> bytes:
 
 
 class ServerMachine(RuleBasedStateMachine):
+    TIMERS = False  # whether the server's timeouts may fire between two calls of one rule
+
     def __init__(self) -> None:
         super().__init__()
         assert SERVER is not None
@@ -36,6 +38,8 @@ class ServerMachine(RuleBasedStateMachine):
         self.last_sent: dict[str, int] = {}
         self.terminal: dict[str, int] = {}
         self.counter = 0
+        # Every incarnation each id was opened with: older ones are what a late rank still holds.
+        self.incarnations: dict[str, list[int]] = {}
 
     def _call(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
         try:
@@ -49,7 +53,11 @@ class ServerMachine(RuleBasedStateMachine):
 
     @rule(tid=IDS, window=st.sampled_from([0, 8, 16, 24, 300]))
     def open(self, tid: str, window: int) -> None:
-        if self._call(self.stub.Open, pb.OpenRequest(transfer_id=tid, window_tokens=window)):
+        opened = self._call(self.stub.Open, pb.OpenRequest(transfer_id=tid, window_tokens=window))
+        if opened:
+            seen = [i for ids in self.incarnations.values() for i in ids]
+            assert opened.status.incarnation not in seen, "an incarnation was given out twice"
+            self.incarnations.setdefault(tid, []).append(opened.status.incarnation)
             self.counter += 1
             self.gen[tid] = self.counter
             self.last_sent[tid] = 0
@@ -101,6 +109,40 @@ class ServerMachine(RuleBasedStateMachine):
         replies = [self._call(self.stub.Resume, req) for _ in range(ranks)]
         assert sum(1 for r in replies if r is not None and not r.duplicate) <= 1
 
+    @rule(tid=IDS, pick=st.integers(0, 10), call=st.sampled_from(["Resume", "Read", "Abort",
+                                                                   "Release", "Poll"]))
+    def stale_rank(self, tid: str, pick: int, call: str) -> None:
+        """A rank still working on an earlier opening of ``tid``: whatever it asks is refused,
+        and the opening held now does not change."""
+        older = self.incarnations.get(tid, [])[:-1]
+        before = self._call(self.stub.Poll, pb.PollRequest(transfer_id=tid))
+        if not older or before is None:
+            return
+        inc = older[pick % len(older)]
+        # A resume at the current sent_tokens: the one that would be applied if it were taken.
+        request = {
+            "Resume": lambda: self.stub.Resume(pb.ResumeRequest(
+                transfer_id=tid, sent_tokens=before.sent_tokens, incarnation=inc), timeout=5),
+            "Read": lambda: list(self.stub.Read(pb.ReadRequest(transfer_id=tid, incarnation=inc),
+                                                timeout=5)),
+            "Abort": lambda: self.stub.Abort(pb.AbortRequest(transfer_id=tid, reason="late",
+                                                             incarnation=inc), timeout=5),
+            "Release": lambda: self.stub.Release(pb.ReleaseRequest(transfer_id=tid,
+                                                                   incarnation=inc), timeout=5),
+            "Poll": lambda: self.stub.Poll(pb.PollRequest(transfer_id=tid, incarnation=inc),
+                                           timeout=5),
+        }[call]
+        with pytest.raises(grpc.RpcError) as e:
+            request()
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value.details()
+        assert "reopened" in (e.value.details() or "")
+        after = self._call(self.stub.Poll, pb.PollRequest(transfer_id=tid))
+        if self.TIMERS and (after is None or after.state != before.state):
+            return  # a timeout fired meanwhile (on the server with short timeouts)
+        assert after is not None, f"a stale {call} released the opening held"
+        for field in ("incarnation", "state", "sent_tokens", "window_epoch", "resume_count"):
+            assert getattr(after, field) == getattr(before, field), f"a stale {call} changed {field}"
+
     @rule(tid=IDS, really=st.sampled_from([False, False, True]))
     def abort(self, tid: str, really: bool) -> None:
         if really:
@@ -140,6 +182,8 @@ class ServerMachineWithClock(ServerMachine):
     """The same, on a server whose timeouts are short, with waits past each of them (the gRPC
     stand-in for the core test's clock jumps: bootstrap, lease, stall and retention fire between
     requests)."""
+
+    TIMERS = True
 
     @rule(seconds=st.sampled_from([0.05, 0.25, 0.45, 0.65]))
     def wait(self, seconds: float) -> None:

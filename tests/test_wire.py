@@ -19,7 +19,8 @@ ROWS = st.tuples(st.booleans(), st.binary(max_size=100)).map(
 
 
 def as_tuple(m: object) -> tuple:
-    return (m.transfer_id, m.total_tokens, bytes(m.metadata), m.start_token, bytes(m.rows))  # type: ignore[attr-defined]
+    return (m.transfer_id, m.total_tokens, bytes(m.metadata), m.start_token, bytes(m.rows),  # type: ignore[attr-defined]
+            m.incarnation)  # type: ignore[attr-defined]
 
 
 def decoded(raw: bytes) -> tuple | None:
@@ -38,14 +39,15 @@ def decoded(raw: bytes) -> tuple | None:
 
 @settings(max_examples=examples(200, 5000), deadline=None)
 @given(tid=st.text(max_size=40), total=st.integers(0, 2**64 - 1), meta=st.binary(max_size=50),
-       start=st.integers(0, 2**64 - 1), rows=ROWS,
-       extra=st.sampled_from([b"", b"\x30\x05", b"\x3a\x02hi", b"\x41" + bytes(8), b"\x4d" + bytes(4),
+       start=st.integers(0, 2**64 - 1), rows=ROWS, incarnation=st.integers(0, 2**64 - 1),
+       extra=st.sampled_from([b"", b"\x30\x05", b"\x38\x05", b"\x3a\x02hi", b"\x41" + bytes(8), b"\x4d" + bytes(4),
                               b"\x12\x01x"]))
 def test_decode_push_matches_protobuf(tid: str, total: int, meta: bytes, start: int, rows: bytes,
-                                      extra: bytes) -> None:
-    # ``extra``: unknown fields of every wire type, and a known field with the wrong wire type.
+                                      incarnation: int, extra: bytes) -> None:
+    # ``extra``: unknown fields of every wire type, a known field repeated (the last one wins),
+    # and a known field with the wrong wire type.
     raw = pb.PushRequest(transfer_id=tid, total_tokens=total, metadata=meta, start_token=start,
-                         rows=rows).SerializeToString() + extra
+                         rows=rows, incarnation=incarnation).SerializeToString() + extra
     assert decoded(raw) is not None
 
 

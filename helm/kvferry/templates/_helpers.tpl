@@ -88,8 +88,13 @@ app.kubernetes.io/part-of: kvferry
 - --max-streams={{ .Values.server.maxStreams | int64 }}
 - --shutdown-grace={{ .Values.server.shutdownGrace }}
 - --max-message-bytes={{ .Values.server.maxMessageBytes | int64 }}
+- --max-metadata-bytes={{ .Values.server.maxMetadataBytes | int64 }}
+- --require-transfer-secrets={{ .Values.server.requireTransferSecrets }}
 {{- if .Values.auth.enabled }}
 - --auth-token-file=/etc/kvferry/auth/token
+{{- if .Values.auth.operatorToken }}
+- --admin-token-file=/etc/kvferry/auth/admin
+{{- end }}
 {{- end }}
 {{- if .Values.tls.enabled }}
 - --tls-cert=/etc/kvferry/tls/tls.crt

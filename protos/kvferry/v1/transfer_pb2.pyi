@@ -23,7 +23,7 @@ TRANSFER_STATE_SUCCESS: TransferState
 TRANSFER_STATE_FAILED: TransferState
 
 class TransferStatus(_message.Message):
-    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks", "window_epoch")
+    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks", "window_epoch", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class TransferStatus(_message.Message):
     LAST_RESUME_SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     state: TransferState
     total_tokens: int
@@ -52,14 +53,15 @@ class TransferStatus(_message.Message):
     last_resume_sent_tokens: int
     waiting_for_blocks: bool
     window_epoch: int
-    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ..., window_epoch: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ..., window_epoch: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class GetPoolInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PoolInfo(_message.Message):
-    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks", "mooncake_session", "mooncake_protocol", "mooncake_base_address")
+    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks", "mooncake_session", "mooncake_protocol", "mooncake_base_address", "max_metadata_bytes", "transfer_secrets_required")
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +77,8 @@ class PoolInfo(_message.Message):
     MOONCAKE_SESSION_FIELD_NUMBER: _ClassVar[int]
     MOONCAKE_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MOONCAKE_BASE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SECRETS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     block_tokens: int
     num_blocks: int
     free_blocks: int
@@ -90,7 +94,9 @@ class PoolInfo(_message.Message):
     mooncake_session: str
     mooncake_protocol: str
     mooncake_base_address: int
-    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ..., mooncake_session: _Optional[str] = ..., mooncake_protocol: _Optional[str] = ..., mooncake_base_address: _Optional[int] = ...) -> None: ...
+    max_metadata_bytes: int
+    transfer_secrets_required: bool
+    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ..., mooncake_session: _Optional[str] = ..., mooncake_protocol: _Optional[str] = ..., mooncake_base_address: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., transfer_secrets_required: _Optional[bool] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
     __slots__ = ("transfer_id", "window_tokens")
@@ -107,18 +113,20 @@ class OpenResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("transfer_id", "total_tokens", "metadata", "start_token", "rows")
+    __slots__ = ("transfer_id", "total_tokens", "metadata", "start_token", "rows", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     START_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     total_tokens: int
     metadata: bytes
     start_token: int
     rows: bytes
-    def __init__(self, transfer_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., metadata: _Optional[bytes] = ..., start_token: _Optional[int] = ..., rows: _Optional[bytes] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., metadata: _Optional[bytes] = ..., start_token: _Optional[int] = ..., rows: _Optional[bytes] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("status",)
@@ -127,22 +135,28 @@ class PushResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ...) -> None: ...
 
 class PollRequest(_message.Message):
-    __slots__ = ("transfer_id",)
+    __slots__ = ("transfer_id", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
-    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("transfer_id",)
+    __slots__ = ("transfer_id", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
-    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("transfer_id",)
+    __slots__ = ("transfer_id", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
-    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
     __slots__ = ("start_token", "rows")
@@ -153,14 +167,16 @@ class ReadResponse(_message.Message):
     def __init__(self, start_token: _Optional[int] = ..., rows: _Optional[bytes] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
-    __slots__ = ("transfer_id", "sent_tokens", "window_tokens")
+    __slots__ = ("transfer_id", "sent_tokens", "window_tokens", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     sent_tokens: int
     window_tokens: int
-    def __init__(self, transfer_id: _Optional[str] = ..., sent_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., sent_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ResumeResponse(_message.Message):
     __slots__ = ("status", "duplicate")
@@ -171,18 +187,22 @@ class ResumeResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
-    __slots__ = ("transfer_id", "reason")
+    __slots__ = ("transfer_id", "reason", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     reason: str
-    def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("transfer_id",)
+    __slots__ = ("transfer_id", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
-    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("status", "freed_blocks")
@@ -227,44 +247,50 @@ class ExportPoolResponse(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., storage_size_bytes: _Optional[int] = ..., storage_offset_bytes: _Optional[int] = ..., ref_counter_handle: _Optional[bytes] = ..., ref_counter_offset: _Optional[int] = ..., event_handle: _Optional[bytes] = ..., event_sync_required: _Optional[bool] = ..., num_blocks: _Optional[int] = ..., block_tokens: _Optional[int] = ..., row_bytes: _Optional[int] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
-    __slots__ = ("transfer_id", "total_tokens", "metadata", "transport")
+    __slots__ = ("transfer_id", "total_tokens", "metadata", "transport", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     total_tokens: int
     metadata: bytes
     transport: str
-    def __init__(self, transfer_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., metadata: _Optional[bytes] = ..., transport: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., metadata: _Optional[bytes] = ..., transport: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ("epoch", "start_token", "tokens", "window_start_token", "block_indices", "block_tokens")
+    __slots__ = ("epoch", "start_token", "tokens", "window_start_token", "block_indices", "block_tokens", "incarnation")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     START_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDICES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     start_token: int
     tokens: int
     window_start_token: int
     block_indices: _containers.RepeatedScalarFieldContainer[int]
     block_tokens: int
-    def __init__(self, epoch: _Optional[int] = ..., start_token: _Optional[int] = ..., tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., block_tokens: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, epoch: _Optional[int] = ..., start_token: _Optional[int] = ..., tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., block_tokens: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("transfer_id", "epoch", "start_token", "tokens")
+    __slots__ = ("transfer_id", "epoch", "start_token", "tokens", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     START_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     epoch: int
     start_token: int
     tokens: int
-    def __init__(self, transfer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., start_token: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., start_token: _Optional[int] = ..., tokens: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("status", "duplicate")
@@ -275,12 +301,14 @@ class CommitResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class DetachRequest(_message.Message):
-    __slots__ = ("transfer_id", "epoch")
+    __slots__ = ("transfer_id", "epoch", "incarnation")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     epoch: int
-    def __init__(self, transfer_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, transfer_id: _Optional[str] = ..., epoch: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class DetachResponse(_message.Message):
     __slots__ = ("freed_blocks",)
@@ -335,16 +363,18 @@ class ListRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[TransferState, str]]] = ...) -> None: ...
 
 class TransferSummary(_message.Message):
-    __slots__ = ("status", "age_seconds", "idle_seconds", "outcome")
+    __slots__ = ("status", "age_seconds", "idle_seconds", "outcome", "metadata_bytes")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     status: TransferStatus
     age_seconds: float
     idle_seconds: float
     outcome: str
-    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., age_seconds: _Optional[float] = ..., idle_seconds: _Optional[float] = ..., outcome: _Optional[str] = ...) -> None: ...
+    metadata_bytes: int
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., age_seconds: _Optional[float] = ..., idle_seconds: _Optional[float] = ..., outcome: _Optional[str] = ..., metadata_bytes: _Optional[int] = ...) -> None: ...
 
 class ListResponse(_message.Message):
     __slots__ = ("transfers", "next_page_token")
