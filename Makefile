@@ -22,12 +22,14 @@ install: $(PY)
 	$(PIP) install -q -e '.[server,console]'
 
 # Debian's prometheus package brings prometheus and promtool for the metrics tests; libibverbs1
-# lets the Mooncake engine load; iproute2 makes the network namespaces of the two-host tests.
+# lets the Mooncake engine load; iproute2 makes the network namespaces of the two-host tests;
+# spin model-checks the resume protocol (verify/), compiling its verifier with gcc.
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 test-deps: $(PY)
-	{ command -v promtool && command -v ip && ldconfig -p | grep -q libibverbs.so.1; } >/dev/null || \
+	{ command -v promtool && command -v ip && command -v spin && command -v gcc && \
+		ldconfig -p | grep -q libibverbs.so.1; } >/dev/null || \
 		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-		--no-install-recommends prometheus libibverbs1 iproute2; }
+		--no-install-recommends prometheus libibverbs1 iproute2 spin gcc libc6-dev; }
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 
@@ -39,7 +41,7 @@ lint: test-deps
 	mkdir -p $(TYPECHECK)/kvferry
 	for p in statemachine server client testing; do ln -sfn ../../../$$p $(TYPECHECK)/kvferry/$$p; done
 	ln -sfn ../../../protos/kvferry/v1 $(TYPECHECK)/kvferry/v1
-	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy -p kvferry -p bench
+	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy -p kvferry -p bench -p verify
 
 test: test-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
