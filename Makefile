@@ -17,18 +17,25 @@ TYPECHECK := build/typecheck
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# A CPU pool needs no torch: the server and the status console only.
-install: $(PY)
+# A CPU pool needs no torch: the server and the status console only. The install is editable,
+# so code changes need none: it reruns only when pyproject.toml (the dependencies) changed.
+INSTALLED := $(VENV)/.kvferry-installed
+install: $(INSTALLED)
+$(INSTALLED): pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[server,console]'
+	touch $@
 
 # Debian's prometheus package brings prometheus and promtool for the metrics tests; libibverbs1
 # lets the Mooncake engine load; iproute2 makes the network namespaces of the two-host tests;
 # spin model-checks the resume protocol (verify/), compiling its verifier with gcc.
+# The tests run prometheus themselves: on a systemd machine its service is masked first, so the
+# package neither enables nor starts a Prometheus daemon there.
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 test-deps: $(PY)
 	{ command -v promtool && command -v ip && command -v spin && command -v gcc && \
 		ldconfig -p | grep -q libibverbs.so.1; } >/dev/null || \
-		{ $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		{ if [ -d /run/systemd/system ]; then $(SUDO) systemctl mask prometheus.service; fi; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 		--no-install-recommends prometheus libibverbs1 iproute2 spin gcc libc6-dev; }
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'

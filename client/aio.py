@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 import numpy as np
 
+from kvferry.client.errors import KvferryError, TransferFailed, typed
 from kvferry.client.limits import MESSAGE_BUDGET, TransportUnavailable
 from kvferry.client.mooncake import WriteMayLand
 from kvferry.client.rows import as_row_bytes
@@ -49,16 +51,23 @@ RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
 
 SUCCESS = pb.TRANSFER_STATE_SUCCESS
 FAILED = pb.TRANSFER_STATE_FAILED
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
-class TransferFailed(Exception):
-    """The transfer ended FAILED (aborted, timed out, ...); ``status`` has the reason."""
+def _typed_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Public calls raise ``KvferryError``s (``kvferry.client.errors``), never raw grpc errors."""
 
-    def __init__(self, transfer_id: str, reason: str, status: pb.TransferStatus | None = None) -> None:
-        super().__init__(f"transfer {transfer_id!r} failed: {reason}")
-        self.transfer_id = transfer_id
-        self.reason = reason
-        self.status = status
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except KvferryError:
+            raise
+        except grpc.RpcError as e:  # args[0] is the client; a transfer id, if any, follows
+            raise typed(e, args[1] if len(args) > 1 and isinstance(args[1], str) else "") from e
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class AsyncClient:
     async def close(self) -> None:
         await self.channel.close()
 
+    @_typed_errors
     async def pool_info(self, refresh: bool = False) -> pb.PoolInfo:
         """The server's pool; cached (concurrent first callers share one call) unless refresh."""
         failed = self._pool is not None and self._pool.done() and (
@@ -124,15 +134,18 @@ class AsyncClient:
     # ``secret``: the transfer's secret (kvferry.client.secrets), for a transfer bound to one.
     # ``incarnation``: only the opening of the id with this TransferStatus.incarnation (0: any).
 
+    @_typed_errors
     async def poll(self, transfer_id: str, *, secret: str | None = None,
                    incarnation: int = 0) -> pb.TransferStatus:
         return await self._poll(transfer_id, self._md + receiver_metadata(secret), incarnation)
 
+    @_typed_errors
     async def abort(self, transfer_id: str, reason: str, *, secret: str | None = None,
                     incarnation: int = 0) -> pb.TransferStatus:
         return await self._abort(transfer_id, reason, self._md + receiver_metadata(secret),
                                  incarnation)
 
+    @_typed_errors
     async def release(self, transfer_id: str, *, secret: str | None = None,
                       incarnation: int = 0) -> pb.ReleaseResponse:
         return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id,
@@ -149,9 +162,11 @@ class AsyncClient:
         return await self.stub.Abort(pb.AbortRequest(transfer_id=transfer_id, reason=reason,
                                                      incarnation=incarnation), metadata=md)
 
+    @_typed_errors
     async def stats(self) -> pb.StatsResponse:
         return await self.stub.Stats(pb.StatsRequest(), metadata=self._md)
 
+    @_typed_errors
     async def list_transfers(self, states: Sequence[pb.TransferState] = (), page_size: int = 100,
                              limit: int | None = None) -> list[pb.TransferSummary]:
         """Held transfers, oldest first, following pages up to ``limit``."""
@@ -165,9 +180,11 @@ class AsyncClient:
             if not token or (limit is not None and len(out) >= limit):
                 return out[:limit] if limit is not None else out
 
+    @_typed_errors
     async def export_pool(self) -> pb.ExportPoolResponse:
         return await self.stub.ExportPool(pb.ExportPoolRequest(), metadata=self._md)
 
+    @_typed_errors
     async def map_pool(self) -> MappedPool | ShmPool:
         """The server's pool mapped into this process (same host only), for zero-copy window
         views: a GPU pool through CUDA IPC (``kvferry.client.cuda_ipc``, needs torch with CUDA),
@@ -210,6 +227,7 @@ class AsyncClient:
 
     # -- sender --------------------------------------------------------------------------------
 
+    @_typed_errors
     async def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
                    metadata: bytes = b"", start_token: int = 0,
                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, transport: str = "auto", *,
@@ -350,11 +368,31 @@ class AsyncClient:
         ``grpc`` reads it with Read; ``auto`` takes ``shm`` where it works. ``views``: with
         ``shm``, yield each window as a view into the pool, no copy at all, valid until the next
         window is asked for (then it is checked to have been the window's throughout, and the
-        window is resumed); keep what you need by copying it before that. ``secret``: the
+        window is resumed); keep what you need by copying it before that. Refusals raise
+        ``kvferry.client.errors.KvferryError``s. ``secret``: the
         transfer secret the router made (kvferry.client.secrets): the Open binds the transfer to
         it, and every later call presents it. Every call names the opening it is for
         (its incarnation), so a rank that lags behind a Release never touches the next opening.
         """
+        windows = self._receive(transfer_id, window_tokens, open=open, release=release,
+                                wait_open=wait_open, check_metadata=check_metadata,
+                                transport=transport, views=views, secret=secret)
+        try:
+            async for window in windows:
+                yield window
+        except KvferryError:
+            raise
+        except grpc.RpcError as e:
+            raise typed(e, transfer_id) from e
+        finally:
+            await windows.aclose()
+
+    async def _receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
+                      release: bool = True, wait_open: float = 30.0,
+                      check_metadata: Callable[[bytes], None] | None = None,
+                      transport: str = "auto", views: bool = False,
+                      secret: str | None = None) -> AsyncGenerator[Window, None]:
+        """``receive``, raising raw grpc errors."""
         check_transport(transport)
         if transport == "cuda-ipc":
             raise ValueError("receive reads windows with transport 'shm' or 'grpc'; map a GPU "

@@ -49,7 +49,14 @@ def render(target: str, stats: pb.StatsResponse, oldest: Sequence[pb.TransferSum
                      f"{st.window_filled_tokens}/{st.window_tokens}"
                      + (" (waiting for blocks)" if st.waiting_for_blocks else ""),
                      str(st.resume_count), f"{s.age_seconds:,.1f}", f"{s.idle_seconds:,.1f}")
-    return Group(head, summary, states, live)
+    failed = Table(title=f"recent failures ({len(stats.recent_failures)})", title_justify="left")
+    for col in ("transfer", "outcome", "sent / total", "after s", "reason"):
+        failed.add_column(col, justify="right" if col in ("sent / total", "after s") else "left")
+    for s in stats.recent_failures[:10]:
+        st = s.status
+        failed.add_row(st.transfer_id, s.outcome, f"{st.sent_tokens:,} / {st.total_tokens or '?'}",
+                       f"{s.age_seconds:,.1f}", st.failure_reason)
+    return Group(head, summary, states, live, failed)
 
 
 def snapshot(client: Client, target: str, oldest: int) -> Group:

@@ -21,16 +21,18 @@ def as_row_bytes(rows: Any, row_bytes: int) -> memoryview:
         if t.device.type != "cpu":
             t = t.cpu()
         t = t.contiguous()
-        if t.dim() >= 2 and t[0].numel() * t.element_size() != row_bytes:
+        if t.dim() >= 2 and len(t) and t[0].numel() * t.element_size() != row_bytes:
             raise ValueError(f"each token of the tensor is {t[0].numel() * t.element_size()} bytes "
                              f"but the server's row_bytes is {row_bytes}")
         view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
     else:
         a = np.ascontiguousarray(rows)
-        if a.ndim >= 2 and a[0].nbytes != row_bytes:
+        if a.ndim >= 2 and len(a) and a[0].nbytes != row_bytes:
             raise ValueError(f"each token of the array is {a[0].nbytes} bytes but the server's "
                              f"row_bytes is {row_bytes}")
         view = a.reshape(-1).view(np.uint8).data
+    if not len(view):
+        raise ValueError("there are no rows to send: give at least one row")
     if len(view) % row_bytes:
         raise ValueError(f"{len(view)} bytes is not a whole number of {row_bytes}-byte rows")
     return view

@@ -48,6 +48,8 @@ def source_rows(transport: str, rows: Any, row_bytes: int) -> Any:
         import torch
 
         t = rows.detach().contiguous()
+        if not t.numel():
+            raise ValueError("there are no rows to send: give at least one row")
         per_token = t[0].numel() * t.element_size() if t.dim() >= 2 else row_bytes
         if per_token != row_bytes:
             raise ValueError(f"each token of the tensor is {per_token} bytes but the server's "

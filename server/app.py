@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import errno
+import importlib.metadata
 import logging
 import os
+import platform
 import signal
-import sys
+import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
@@ -16,12 +18,20 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 
+from kvferry.server import logs, reflection_v1
 from kvferry.server.auth import BearerTokens
 from kvferry.server.config import ServerConfig, parse_faults
 from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
+from kvferry.server.http_endpoint import Health, HttpEndpoint
 from kvferry.server.listener import ShellListener
 from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
 from kvferry.server.mooncake_endpoint import MooncakeEndpoint
@@ -34,8 +44,6 @@ from kvferry.server.transfer_secrets import SecretBook
 from kvferry.statemachine import Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
-
-log = logging.getLogger("kvferry")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TransferService"].full_name
 READINESS_SERVICES = ("", SERVICE_NAME)
@@ -52,7 +60,8 @@ class Server:
     metrics_port: int
     listener: ShellListener
     storage: BlockStorage
-    _metrics_httpd: object = field(repr=False)
+    http: HttpEndpoint = field(repr=False)
+    probes: Health = field(repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def run_timers(self) -> None:
@@ -79,6 +88,7 @@ class Server:
         self.coord.drain()
         # Readiness ("" and the service) goes NOT_SERVING so no new work comes; liveness stays
         # SERVING so the kubelet does not restart a pod that is draining on purpose.
+        self.probes.ready = False
         for name in READINESS_SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = self.config.shutdown_grace
@@ -88,9 +98,9 @@ class Server:
         left = self.coord.fail_all(Outcome.SHUTDOWN, "shutdown: the server stopped before the "
                                    "transfer finished", time.monotonic())
         if left:
-            log.warning("shutdown: %d live transfer(s) failed after the %gs grace", left, grace)
+            logs.event(logging.WARNING, "shutdown_failed_transfers", transfers=left, grace_seconds=grace)
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()) or 0.5)
-        self._metrics_httpd.shutdown()  # type: ignore[attr-defined]
+        self.http.shutdown()
         self.storage.close()
 
 
@@ -110,13 +120,19 @@ async def start(config: ServerConfig) -> Server:
 async def _start(config: ServerConfig, storage: BlockStorage,
                  mooncake: MooncakeEndpoint | None) -> Server:
     registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)  # process_*, python_info, python_gc_*: as a default registry has
+    build = Gauge("kvferry_build_info", "The running kvferry (value is always 1).",
+                  ["version", "python", "grpc"], registry=registry)
+    build.labels(version(), platform.python_version(), grpc.__version__).set(1)
     notifier = ChangeNotifier()
     statuses = StatusCache()
     secrets = SecretBook(config.require_transfer_secrets)
     listener = ShellListener(notifier, TransferHistograms(registry), statuses, storage, secrets)
     # Incarnations count up from the start time in microseconds: apart across restarts.
     coord = Coordinator(config.limits(), listener, first_incarnation=time.time_ns() // 1000)
-    service = TransferService(config, coord, storage, notifier, statuses, secrets, mooncake)
+    service = TransferService(config, coord, storage, notifier, statuses, secrets, mooncake,
+                              listener.endings.recent_failures)
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes,
                                            lambda: service.senders_waiting))
 
@@ -124,7 +140,7 @@ async def _start(config: ServerConfig, storage: BlockStorage,
     admin = config.read_admin_token()
     faults = parse_faults(config.faults)
     if faults:
-        log.warning("fault injection is ON: %s", config.faults)
+        logs.event(logging.WARNING, "fault_injection_on", faults=config.faults)
     pipeline = Pipeline(GrpcServerMetrics(registry),
                         BearerTokens(token, admin) if token is not None or admin is not None else None,
                         FaultPlan(faults, config.fault_seed) if faults else None)
@@ -141,21 +157,35 @@ async def _start(config: ServerConfig, storage: BlockStorage,
                      decoders=TransferService.DECODERS, raw_responses=TransferService.RAW_RESPONSES)
     health_servicer = health.aio.HealthServicer()
     pipeline.install(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
-    pipeline.install(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-                     reflection.aio.ReflectionServicer(
-                         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)))
+    reflector = reflection.aio.ReflectionServicer(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, reflection_v1.SERVICE_NAME))
+    pipeline.install(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server, reflector)
+    pipeline.install(server, reflection_v1.add_servicer_to_server, reflector)
     credentials = config.server_credentials()
     address = f"{config.host}:{config.port}"
-    port = (server.add_insecure_port(address) if credentials is None
-            else server.add_secure_port(address, credentials))
+    check_bindable(config.host, config.port, "--port")
+    try:
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind gRPC on {config.host}:{config.port}")
-    httpd, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        raise StartupError(f"cannot listen for gRPC on {address}",
+                           "the port is taken, or the address is not one of this host's: pick a "
+                           "free --port (0: any) or this host's --host")
+    probes = Health()
+    check_bindable(config.host, config.metrics_port, "--metrics-port")
+    try:
+        http = HttpEndpoint(config.host, config.metrics_port, registry, probes)
+    except OSError as e:
+        raise StartupError(f"cannot listen for HTTP (/metrics) on {config.host}:{config.metrics_port} "
+                           f"({e.strerror})", "pick a free --metrics-port (0: any)") from None
     await server.start()
     for name in (*READINESS_SERVICES, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(config, coord, server, health_servicer, port, httpd.server_port, listener, storage,
-                  httpd)
+    probes.ready = True
+    return Server(config, coord, server, health_servicer, port, http.port, listener, storage,
+                  http, probes)
 
 
 async def serve(config: ServerConfig) -> None:
@@ -164,20 +194,57 @@ async def serve(config: ServerConfig) -> None:
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    # One machine-readable line, so scripts and tests learn the ports (port 0 picks free ones).
-    print(json.dumps({"event": "serving", "grpc_port": srv.grpc_port,
-                      "metrics_port": srv.metrics_port, "config": asdict(config)}), flush=True)
+    # Scripts and tests learn the ports from this line (port 0 picks free ones).
+    logs.event(logging.INFO, "serving", grpc_port=srv.grpc_port, metrics_port=srv.metrics_port,
+               version=version(), config=asdict(config))
     timers = asyncio.create_task(srv.run_timers())
     await stop_requested.wait()
-    log.info("stopping: draining for up to %gs", config.shutdown_grace)
+    logs.event(logging.INFO, "stopping", grace_seconds=config.shutdown_grace)
     await srv.stop()
     await timers
-    print(json.dumps({"event": "stopped"}), flush=True)
+    logs.event(logging.INFO, "stopped")
+
+
+def check_bindable(host: str, port: int, flag: str) -> None:
+    """StartupError saying what to do if ``host``:``port`` cannot be listened on (asked of the
+    kernel before gRPC is, whose own failure says only that it failed, on stderr)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise StartupError(f"--host {host!r} does not resolve ({e.strerror})",
+                           "give an address or name of this host (0.0.0.0: all of them)") from None
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(where)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} on {host} is taken",
+                                   f"pick a free {flag} (0: any free one)") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise StartupError(f"--host {host!r} is not an address of this host",
+                                   "give one of this host's addresses (0.0.0.0: all of them)") from None
+            raise StartupError(f"cannot listen on {host}:{port} ({e.strerror})",
+                               f"check --host and {flag}") from None
+
+
+class StartupError(Exception):
+    """The server cannot start: ``what`` went wrong, ``todo`` says what to do about it."""
+
+    def __init__(self, what: str, todo: str) -> None:
+        super().__init__(f"{what}: {todo}")
+        self.what, self.todo = what, todo
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("kvferry")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "0+unknown"
 
 
 def run(config: ServerConfig) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(config.log_format)
     run_loop(serve(config))
     return 0
 

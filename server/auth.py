@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from kvferry.statemachine import Reason
+
 EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
 OPERATOR_METHODS = frozenset({"List", "Stats"})
 
@@ -24,20 +26,21 @@ class BearerTokens:
         self._admin = None if admin is None else f"Bearer {admin}".encode()
 
     def refusal(self, method: str,
-                metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[grpc.StatusCode, str] | None:
-        """Why a call of ``method`` with ``metadata`` may not proceed (code, message), or None."""
+                metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[grpc.StatusCode, str, str] | None:
+        """Why a call of ``method`` with ``metadata`` may not proceed (code, message, reason),
+        or None."""
         given = _authorization(metadata)
         admin = self._admin is not None and given is not None and hmac.compare_digest(given, self._admin)
         if method in OPERATOR_METHODS and self._admin is not None:
             if admin:
                 return None
             code = grpc.StatusCode.UNAUTHENTICATED if given is None else grpc.StatusCode.PERMISSION_DENIED
-            return code, ADMIN_MESSAGE.format(method=method)
+            return code, ADMIN_MESSAGE.format(method=method), Reason.ADMIN_TOKEN
         if self._service is None or admin:
             return None
         if given is not None and hmac.compare_digest(given, self._service):  # constant-time
             return None
-        return grpc.StatusCode.UNAUTHENTICATED, MESSAGE
+        return grpc.StatusCode.UNAUTHENTICATED, MESSAGE, Reason.BEARER_TOKEN
 
 
 def _authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ class ServerConfig:
     tls_client_ca: str = ""
     faults: str = ""
     fault_seed: int = 0
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
         if not 0 < self.row_bytes <= MESSAGE_BUDGET:
@@ -63,6 +65,8 @@ class ServerConfig:
         if self.max_streams <= 0:
             raise ValueError(f"max_streams must be positive, got {self.max_streams}")
         parse_faults(self.faults)
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both, or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -178,6 +182,8 @@ _HELP: dict[str, str] = {
               "METHOD:fail:RATE (answer UNAVAILABLE) or METHOD:delay=SECONDS:RATE, e.g. "
               "'Resume:fail:0.2,Push:delay=0.05:1'",
     "fault_seed": "seed of the fault injector's random choices (0: random)",
+    "log_format": "json (one object per line, for log pipelines) or text (for people); both on "
+                  "stdout",
 }
 
 
@@ -191,12 +197,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         kind: Callable[[str], Any] = _flag_bool if isinstance(default, bool) else type(default)
         env = os.environ.get(env_name(f.name))
+        if env is not None:
+            try:
+                default = kind(env)
+            except ValueError:  # reported by ``from_namespace`` for serve, not by every command
+                default = BadEnv(env_name(f.name), env, kind)
         extra: dict[str, Any] = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind,
-            default=kind(env) if env is not None else default,
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
             help=f"{_HELP[f.name]} (default: %(default)s; env {env_name(f.name)})", **extra,
         )
+
+
+class BadEnv:
+    """An environment variable whose value is not of its flag's type."""
+
+    def __init__(self, name: str, value: str, kind: Callable[[str], Any]) -> None:
+        self.name, self.value, self.kind = name, value, kind
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value!r}"
+
+    def error(self) -> str:
+        want = {int: "an integer", float: "a number", _flag_bool: "true or false"}.get(self.kind, "text")
+        return (f"environment variable {self.name}={self.value!r} is not {want}: set it to "
+                f"{want}, or unset it")
 
 
 def _flag_bool(text: str) -> bool:
@@ -210,7 +235,23 @@ def _flag_bool(text: str) -> bool:
 
 
 def from_namespace(ns: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(**{f.name: getattr(ns, f.name) for f in fields(ServerConfig)})
+    """The configuration the parsed flags say; ValueError naming the flag (or the environment
+    variable) and what to do when a value is wrong."""
+    values = {f.name: getattr(ns, f.name) for f in fields(ServerConfig)}
+    for value in values.values():
+        if isinstance(value, BadEnv):
+            raise ValueError(value.error())
+    try:
+        return ServerConfig(**values)
+    except ValueError as e:
+        raise ValueError(flag_names(str(e))) from None
+
+
+def flag_names(message: str) -> str:
+    """``message`` with the configuration's field names written as the flags people type."""
+    for f in sorted(fields(ServerConfig), key=lambda f: -len(f.name)):
+        message = re.sub(rf"(?<![\w-]){f.name}(?![\w-])", "--" + f.name.replace("_", "-"), message)
+    return message
 
 
 FAULT_ACTIONS = ("fail", "delay")

@@ -7,6 +7,9 @@ import random
 
 import grpc
 
+from kvferry.server.status_details import abort
+from kvferry.statemachine import Reason
+
 
 class FaultPlan:
     def __init__(self, faults: list[tuple[str, str, float, float]], seed: int = 0) -> None:
@@ -25,4 +28,5 @@ class FaultPlan:
             if action == "delay":
                 await asyncio.sleep(seconds)
             else:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"injected fault ({method}): retry")
+                await abort(context, grpc.StatusCode.UNAVAILABLE, f"injected fault ({method}): retry",
+                            Reason.FAULT_INJECTED)

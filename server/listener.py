@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from kvferry.server.endings import Endings
 from kvferry.server.metrics import TransferHistograms
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache
@@ -17,6 +18,7 @@ class ShellListener(Listener):
                  statuses: StatusCache, storage: BlockStorage, secrets: SecretBook) -> None:
         self.notifier = notifier
         self.secrets = secrets
+        self.endings = Endings(secrets)
         self.histograms = histograms
         self.statuses = statuses
         self.storage = storage
@@ -36,6 +38,7 @@ class ShellListener(Listener):
 
     def finished(self, t: Transfer) -> None:
         self.histograms.finished(t)
+        self.endings.finished(t)
 
     def fenced(self, t: Transfer, fence: Fence) -> None:
         self.secrets.fenced(t, fence.epoch)

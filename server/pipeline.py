@@ -19,7 +19,8 @@ import grpc
 from kvferry.server.auth import EXEMPT_SERVICES, BearerTokens
 from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics, final_code
-from kvferry.statemachine import TransferError
+from kvferry.server.status_details import abort
+from kvferry.statemachine import Reason, TransferError
 
 _CODES = {c.name: c for c in grpc.StatusCode}
 
@@ -71,13 +72,13 @@ class Pipeline:
         async def admit(context: grpc.aio.ServicerContext) -> None:
             refusal = None if auth is None else auth.refusal(method, context.invocation_metadata())
             if refusal is not None:
-                await context.abort(*refusal)
+                await abort(context, *refusal)
             if faults is not None:
                 await faults.apply(method, context)
 
         async def refuse_bytes(context: grpc.aio.ServicerContext, e: Exception) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{full}: the request is not a valid message: {e}")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{full}: the request is not a valid message: {e}", Reason.BAD_REQUEST)
 
         async def parse(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -97,7 +98,7 @@ class Pipeline:
             return await parse(raw, context)
 
         async def refuse(context: grpc.aio.ServicerContext, e: TransferError) -> None:
-            await context.abort(_CODES[e.code], e.message)
+            await abort(context, _CODES[e.code], e.message, e.reason)
 
         def finish(context: grpc.aio.ServicerContext, start: float, error: BaseException | None) -> None:
             mm.finished(final_code(context, error), time.perf_counter() - start)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from kvferry.client.host import host_id
@@ -25,6 +25,7 @@ from kvferry.statemachine import (
     InvalidArgument,
     NotFound,
     Outcome,
+    Reason,
     ResourceExhausted,
     State,
     Transfer,
@@ -42,8 +43,10 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     def __init__(self, config: ServerConfig, coord: Coordinator, storage: BlockStorage,
                  notifier: ChangeNotifier, statuses: StatusCache, secrets: SecretBook,
-                 mooncake: MooncakeEndpoint | None = None) -> None:
+                 mooncake: MooncakeEndpoint | None = None,
+                 recent_failures: Sequence[pb.TransferSummary] = ()) -> None:
         self.config = config
+        self.recent_failures = recent_failures  # newest first
         self.secrets = secrets
         self.coord = coord
         self.storage = storage
@@ -65,7 +68,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         """Admission control for the long-lived calls (Push, Watch, Read)."""
         if self.streams >= self.config.max_streams:
             raise ResourceExhausted(f"{self.streams} streams are open; the limit (--max-streams) "
-                                    f"is {self.config.max_streams}; retry later")
+                                    f"is {self.config.max_streams}; retry later", reason=Reason.TOO_MANY_STREAMS)
         self.streams += 1
         try:
             yield
@@ -97,21 +100,21 @@ class TransferService(pb_grpc.TransferServiceServicer):
             resume_duplicates=sum(totals.duplicates.values()),
             transfers_started=totals.started, tokens_received=totals.tokens_received,
             uptime_seconds=self.clock() - self.started_at, draining=c.draining,
-            fence_timeouts=totals.fences_lifted["timeout"])
+            fence_timeouts=totals.fences_lifted["timeout"], recent_failures=self.recent_failures)
 
     async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
         size = request.page_size or 100
         if size > 1000:
-            raise InvalidArgument(f"page_size={size}: at most 1000")
+            raise InvalidArgument(f"page_size={size}: at most 1000", reason=Reason.BAD_PAGE)
         try:
             after = int(request.page_token) if request.page_token else -1
         except ValueError:
             raise InvalidArgument("page_token is not one this server gave; start with an "
-                                  "empty page_token") from None
+                                  "empty page_token", reason=Reason.BAD_PAGE) from None
         states = {State(v) for v in request.states if v in _STATE_VALUES}
         if len(states) != len(request.states):
             raise InvalidArgument(f"states {list(request.states)}: name real states, not "
-                                  f"UNSPECIFIED")
+                                  f"UNSPECIFIED", reason=Reason.BAD_PAGE)
         now = self.clock()
         held, more = self.coord.list_transfers(after, frozenset(states), size)
         out = [pb.TransferSummary(status=self._listed(t), age_seconds=now - t.opened_at,
@@ -174,7 +177,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         try:
             return self.storage.export()
         except PoolUnavailable as e:
-            raise FailedPrecondition(str(e)) from None
+            raise FailedPrecondition(str(e), reason=Reason.POOL_NOT_EXPORTABLE) from None
 
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[bytes]:
         t = self._held(request.transfer_id, request.incarnation, context, Role.EITHER, "Watch")
@@ -203,7 +206,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             # leak another transfer's rows.
             if t.window_epoch != epoch:
                 raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while being "
-                              f"read; read the whole window before resuming")
+                              f"read; read the whole window before resuming", reason=Reason.WINDOW_CHANGED)
 
         with self._stream_slot():
             for chunk in _chunks(segments, self.read_rows):
@@ -222,17 +225,18 @@ class TransferService(pb_grpc.TransferServiceServicer):
         msg = await anext(requests, None)
         if msg is None:
             raise InvalidArgument("the Push stream carried no message; the first must carry "
-                                  "transfer_id and total_tokens")
+                                  "transfer_id and total_tokens", reason=Reason.BAD_STREAM)
         t = await self._attach(msg, presented, "Push")
         async with _EndsWithTransfer(t, self.notifier) as ends:
             while msg is not None:
                 if msg.transfer_id and msg.transfer_id != t.transfer_id:
                     raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
-                                          f"names {msg.transfer_id!r}; use one stream per transfer")
+                                          f"names {msg.transfer_id!r}; use one stream per transfer",
+                                          reason=Reason.BAD_STREAM)
                 await self._write(t, msg.start_token, msg.rows)
                 msg = await ends.next_of(requests)
         if t.state is State.FAILED:  # a sender never hears OK for a transfer that failed
-            raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}")
+            raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
         return pb.PushResponse(status=status_of(t))
 
     # -- one-sided sender ----------------------------------------------------------------------
@@ -241,13 +245,15 @@ class TransferService(pb_grpc.TransferServiceServicer):
         if request.transport not in self.one_sided:
             raise InvalidArgument(f"transport {request.transport!r} is not offered here: this "
                                   f"server's pool on {self.config.device} offers "
-                                  f"{list(self.one_sided)} to one-sided senders; or Push")
+                                  f"{list(self.one_sided)} to one-sided senders; or Push",
+                                  reason=Reason.TRANSPORT_NOT_OFFERED)
         with self._stream_slot():
             t = await self._attach(request, Presented.of(context.invocation_metadata()), "Attach")
             lent = -1
             while True:
                 if t.state is State.FAILED:
-                    raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}")
+                    raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}",
+                    reason=Reason.TRANSFER_FAILED)
                 if t.state is State.SUCCESS or t.released:
                     return
                 g = self.coord.grant(t.transfer_id, t.incarnation)
@@ -296,7 +302,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
                     if left <= 0:
                         raise NotFound(f"no receiver opened transfer {msg.transfer_id!r} within the "
                                        f"bootstrap timeout ({self.config.bootstrap_timeout:g}s); the "
-                                       f"receiver must Open it") from None
+                                       f"receiver must Open it", reason=Reason.NOT_OPENED) from None
                     self.senders_waiting += 1
                     try:
                         await self.notifier.wait(msg.transfer_id, timeout=left)
@@ -309,7 +315,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def _write(self, t: Transfer, start_token: int, rows: bytes | memoryview) -> None:
         if len(rows) % self.row_bytes:
             raise InvalidArgument(f"rows is {len(rows)} bytes, not a multiple of row_bytes="
-                                  f"{self.row_bytes}; send whole rows (see GetPoolInfo)")
+                                  f"{self.row_bytes}; send whole rows (see GetPoolInfo)", reason=Reason.PARTIAL_ROW)
         n = len(rows) // self.row_bytes
         done = 0
         while True:
@@ -363,7 +369,8 @@ class _EndsWithTransfer:
             self._handler.cancel()
 
     def _failed(self) -> Aborted:
-        return Aborted(f"transfer {self.t.transfer_id!r} failed: {self.t.failure_reason}")
+        return Aborted(f"transfer {self.t.transfer_id!r} failed: {self.t.failure_reason}",
+                       reason=Reason.TRANSFER_FAILED)
 
     async def next_of(self, requests: AsyncIterator[Any]) -> Any:
         """The next message, None at the end; Aborted once the transfer failed."""

@@ -27,7 +27,7 @@ from kvferry.client.secrets import (
     TRANSFER_SECRET_KEY,
     sender_secret,
 )
-from kvferry.statemachine import InvalidArgument, PermissionDenied, Transfer
+from kvferry.statemachine import InvalidArgument, PermissionDenied, Reason, Transfer
 
 
 class Role(enum.Enum):
@@ -51,7 +51,7 @@ class Presented:
                 text = value.decode(errors="replace") if isinstance(value, bytes) else value
                 if not 0 < len(text) <= MAX_SECRET_CHARS:
                     raise InvalidArgument(f"metadata {key!r} must be 1 to {MAX_SECRET_CHARS} "
-                                          f"characters")
+                                          f"characters", reason=Reason.BAD_SECRET)
                 found[key] = text
         return cls(found.get(TRANSFER_SECRET_KEY), found.get(SENDER_SECRET_KEY))
 
@@ -104,26 +104,26 @@ class SecretBook:
             if presented.sender is not None:
                 raise PermissionDenied(f"Open of {transfer_id!r} carried a sender secret: the "
                                        f"receiver opens with the transfer secret "
-                                       f"('{TRANSFER_SECRET_KEY}')")
+                                       f"('{TRANSFER_SECRET_KEY}')", reason=Reason.RECEIVER_SECRET_REQUIRED)
             if self.required:
                 raise PermissionDenied(f"this server requires a transfer secret on every Open "
                                        f"(--require-transfer-secrets): send metadata "
                                        f"'{TRANSFER_SECRET_KEY}' with the secret the router made "
-                                       f"for {transfer_id!r}")
+                                       f"for {transfer_id!r}", reason=Reason.SECRET_REQUIRED)
             if transfer_id in self._claims:
                 raise PermissionDenied(f"a sender holding a secret is waiting for {transfer_id!r}; "
                                        f"this Open carries none: send metadata "
-                                       f"'{TRANSFER_SECRET_KEY}'")
+                                       f"'{TRANSFER_SECRET_KEY}'", reason=Reason.ID_CLAIMED)
             return None
         if len(presented.transfer) < MIN_SECRET_CHARS:
             raise InvalidArgument(f"the transfer secret is {len(presented.transfer)} characters; "
                                   f"use at least {MIN_SECRET_CHARS} random ones "
-                                  f"(kvferry.client.secrets.new_secret())")
+                                  f"(kvferry.client.secrets.new_secret())", reason=Reason.BAD_SECRET)
         lock = Lock(_digest(presented.transfer), _digest(sender_secret(presented.transfer)))
         claim = self._claims.get(transfer_id)
         if claim is not None and not hmac.compare_digest(claim[0], lock.sender):
             raise PermissionDenied(f"a sender waiting for {transfer_id!r} holds a secret that "
-                                   f"this Open's transfer secret does not match")
+                                   f"this Open's transfer secret does not match", reason=Reason.ID_CLAIMED)
         return lock
 
     def bind(self, t: Transfer, lock: Lock | None) -> None:
@@ -136,12 +136,12 @@ class SecretBook:
         digest = presented.sender_digest()
         if digest is None:
             if self.required:
-                raise PermissionDenied(self._required_for_senders(transfer_id))
+                raise PermissionDenied(self._required_for_senders(transfer_id), reason=Reason.SECRET_REQUIRED)
             return False
         held = self._claims.get(transfer_id)
         if held is not None and not hmac.compare_digest(held[0], digest):
             raise PermissionDenied(f"another sender holding a different secret waits for "
-                                   f"{transfer_id!r}")
+                                   f"{transfer_id!r}", reason=Reason.ID_CLAIMED)
         self._claims[transfer_id] = (digest, (held[1] if held else 0) + 1)
         return True
 
@@ -171,7 +171,7 @@ class SecretBook:
         lock = self._locks.get(t)
         if lock is None:
             if self.required and role is Role.SENDER and not presented.any:
-                raise PermissionDenied(self._required_for_senders(t.transfer_id))
+                raise PermissionDenied(self._required_for_senders(t.transfer_id), reason=Reason.SECRET_REQUIRED)
             return
         self._check(lock, presented, role, f"{call} of transfer {t.transfer_id!r}", call)
 
@@ -186,16 +186,17 @@ class SecretBook:
             if hmac.compare_digest(_digest(presented.transfer), lock.receiver):
                 return
             raise PermissionDenied(f"{what}: the transfer secret this call carried is not the "
-                                   f"one the transfer is bound to")
+                                   f"one the transfer is bound to", reason=Reason.SECRET_MISMATCH)
         if presented.sender is None:
             raise PermissionDenied(f"{what}: the transfer is bound to a secret and this call "
-                                   f"carried none; {_HOW}")
+                                   f"carried none; {_HOW}", reason=Reason.SECRET_REQUIRED)
         if role is Role.RECEIVER:
             raise PermissionDenied(f"{what}: a sender secret cannot {call}; only the receiver's "
-                                   f"transfer secret ('{TRANSFER_SECRET_KEY}') can")
+                                   f"transfer secret ('{TRANSFER_SECRET_KEY}') can",
+                                   reason=Reason.RECEIVER_SECRET_REQUIRED)
         if not hmac.compare_digest(_digest(presented.sender), lock.sender):
             raise PermissionDenied(f"{what}: the sender secret this call carried is not the one "
-                                   f"the transfer is bound to")
+                                   f"the transfer is bound to", reason=Reason.SECRET_MISMATCH)
 
     @staticmethod
     def _required_for_senders(transfer_id: str) -> str:

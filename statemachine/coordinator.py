@@ -21,11 +21,12 @@ from kvferry.statemachine.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    Reason,
     ResourceExhausted,
     Unavailable,
 )
 from kvferry.statemachine.fence import Fence, Quarantine
-from kvferry.statemachine.lifecycle import IllegalTransition, State, Transfer, fire, must_fire
+from kvferry.statemachine.lifecycle import IllegalTransition, Refusal, State, Transfer, fire, must_fire
 
 MAX_ID_BYTES = 256
 # An Abort's reason is echoed in every status of its transfer: it must stay small.
@@ -220,11 +221,11 @@ class Coordinator:
         if t is None:
             _check_id(transfer_id)
             raise NotFound(f"no transfer {transfer_id!r}: it was never opened, or was released "
-                           f"(by Release or after retention)")
+                           f"(by Release or after retention)", reason=Reason.TRANSFER_NOT_FOUND)
         if incarnation and incarnation != t.incarnation:
             raise FailedPrecondition(f"transfer {transfer_id!r} was reopened: this call is for its "
                                      f"incarnation {incarnation}, which was released; the one held "
-                                     f"now is {t.incarnation}")
+                                     f"now is {t.incarnation}", reason=Reason.STALE_INCARNATION)
         return t
 
     def observe(self, transfer_id: str, now: float, incarnation: int = 0) -> Transfer:
@@ -277,7 +278,7 @@ class Coordinator:
         t = self.observe(transfer_id, now, incarnation)
         if t.state is State.FAILED:
             raise FailedPrecondition(f"transfer {transfer_id!r} failed ({t.failure_reason}); "
-                                     f"its blocks are freed, nothing to read")
+                                     f"its blocks are freed, nothing to read", reason=Reason.TRANSFER_FAILED)
         return t, self._segments(t, 0, t.window_filled_tokens)
 
     # -- receiver ------------------------------------------------------------------------------
@@ -289,23 +290,23 @@ class Coordinator:
         held = self.transfers.get(transfer_id)
         if held is not None:
             raise AlreadyExists(f"transfer {transfer_id!r} is already held ({held.state.name}); "
-                                f"Release it first, or open a new id")
+                                f"Release it first, or open a new id", reason=Reason.TRANSFER_EXISTS)
         if self._draining:
             raise Unavailable("the server is shutting down and takes no new transfers; "
-                              "open on another replica")
+                              "open on another replica", reason=Reason.DRAINING)
         if len(self.transfers) >= self.limits.max_transfers:
             raise ResourceExhausted(f"{len(self.transfers)} transfers are held, the limit "
                                     f"(--max-transfers) is {self.limits.max_transfers}; Release "
-                                    f"finished transfers, or retry later")
+                                    f"finished transfers, or retry later", reason=Reason.TOO_MANY_TRANSFERS)
         if self._waiting:
             raise ResourceExhausted(f"{len(self._waiting)} resume(s) are waiting for free blocks "
-                                    f"and are served before new transfers; retry later")
+                                    f"and are served before new transfers; retry later", reason=Reason.RESUMES_QUEUED)
         want = self._blocks_for(size)
         blocks = self.allocator.alloc(want)
         if blocks is None:
             raise ResourceExhausted(f"the pool has {self.allocator.free_count} free blocks of "
                                     f"{self.limits.block_tokens} tokens; a {size}-token window "
-                                    f"needs {want}; retry later or open a smaller window")
+                                    f"needs {want}; retry later or open a smaller window", reason=Reason.POOL_EXHAUSTED)
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
         t.window_epoch = t.opened_epoch = next(self._epochs)
         t.incarnation = next(self._incarnations)
@@ -330,12 +331,12 @@ class Coordinator:
         if t.state.terminal:
             raise FailedPrecondition(f"transfer {transfer_id!r} is {t.state.name}"
                                      f"{': ' + t.failure_reason if t.failure_reason else ''}; "
-                                     f"there is nothing to resume")
+                                     f"there is nothing to resume", reason=Reason.TRANSFER_FINISHED)
         size = window_tokens or t.open_window_tokens
         self._check_window(size)
         why = self._fire("resume", t, sent_tokens=sent_tokens)
         if why is not None:
-            raise FailedPrecondition(f"cannot resume transfer {transfer_id!r}: {why}")
+            raise FailedPrecondition(f"cannot resume transfer {transfer_id!r}: {why}", reason=why.reason)
         window_wait = None if t.window_full_at is None else now - t.window_full_at
         t.last_resume_sent_tokens = sent_tokens
         t.resume_count += 1
@@ -359,7 +360,7 @@ class Coordinator:
         t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
             raise FailedPrecondition(f"transfer {transfer_id!r} is live ({t.state.name}); "
-                                     f"Abort it, or wait for SUCCESS, before Release")
+                                     f"Abort it, or wait for SUCCESS, before Release", reason=Reason.TRANSFER_LIVE)
         freed = len(t.blocks)
         self._free_window(t)
         del self.transfers[transfer_id]
@@ -382,10 +383,11 @@ class Coordinator:
         self.check_sender(total_tokens, metadata)
         t = self.get(transfer_id, incarnation)
         if t.state is State.FAILED:
-            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
+            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
         if t.total_tokens and t.total_tokens != total_tokens:
             raise FailedPrecondition(f"Push says total_tokens={total_tokens} but transfer "
-                                     f"{transfer_id!r} has total_tokens={t.total_tokens}")
+                                     f"{transfer_id!r} has total_tokens={t.total_tokens}",
+                                     reason=Reason.TOTAL_TOKENS_MISMATCH)
         if t.state is State.BOOTSTRAPPING:
             t.total_tokens = total_tokens
             t.metadata = metadata
@@ -407,32 +409,35 @@ class Coordinator:
         if not 0 < total_tokens <= MAX_TOTAL_TOKENS:
             raise InvalidArgument(f"the sender must give total_tokens between 1 and "
                                   f"{MAX_TOTAL_TOKENS} (in Attach, or a Push's first message), "
-                                  f"got {total_tokens}")
+                                  f"got {total_tokens}", reason=Reason.BAD_TOTAL_TOKENS)
         if len(metadata) > self.limits.max_metadata_bytes:
             raise InvalidArgument(f"metadata is {len(metadata)} bytes; the limit "
                                   f"(--max-metadata-bytes) is {self.limits.max_metadata_bytes}: "
-                                  f"send large side data as rows, or a reference to it")
+                                  f"send large side data as rows, or a reference to it",
+                                  reason=Reason.METADATA_TOO_LARGE)
 
     def begin_write(self, transfer_id: str, start_token: int, rows: int,
                     incarnation: int = 0) -> WriteTicket:
         """Where ``rows`` rows starting at ``start_token`` go. Copy them, then ``end_write``."""
         t = self.get(transfer_id, incarnation)
         if t.state is State.FAILED:
-            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
+            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
         if t.state is State.BOOTSTRAPPING:
             raise FailedPrecondition(f"transfer {transfer_id!r} has no sender attached; the "
-                                     f"first Push message must carry transfer_id and total_tokens")
+                                     f"first Push message must carry transfer_id and total_tokens",
+                                     reason=Reason.NOT_ATTACHED)
         if t.lent_epoch == t.window_epoch:
             raise FailedPrecondition(f"the current window of {transfer_id!r} is lent to a one-sided "
                                      f"writer (Attach): Push cannot write into it until that "
-                                     f"writer commits it or detaches")
+                                     f"writer commits it or detaches", reason=Reason.WINDOW_LENT)
         end = start_token + rows
         if end > t.total_tokens:
             raise InvalidArgument(f"rows [{start_token}, {end}) run past total_tokens="
-                                  f"{t.total_tokens}; send at most {t.total_tokens} tokens")
+                                  f"{t.total_tokens}; send at most {t.total_tokens} tokens",
+                                  reason=Reason.ROWS_PAST_TOTAL)
         if start_token > t.sent_tokens:
             raise OutOfRange(f"start_token={start_token} leaves a gap: the next expected token "
-                             f"is {t.sent_tokens}; send rows from there")
+                             f"is {t.sent_tokens}; send rows from there", reason=Reason.TOKEN_GAP)
         skip = min(rows, t.sent_tokens - start_token)
         room = 0
         if t.blocks and not t.write_in_flight:
@@ -483,15 +488,16 @@ class Coordinator:
         t = self.get(transfer_id, incarnation)
         end = start_token + tokens
         if tokens <= 0:
-            raise InvalidArgument(f"commit of {tokens} tokens: commit at least one row")
+            raise InvalidArgument(f"commit of {tokens} tokens: commit at least one row", reason=Reason.BAD_COMMIT)
         if epoch < t.opened_epoch:
             raise FailedPrecondition(f"window epoch {epoch} belongs to an earlier opening of "
-                                     f"{transfer_id!r}; this one began at epoch {t.opened_epoch}")
+                                     f"{transfer_id!r}; this one began at epoch {t.opened_epoch}",
+                                     reason=Reason.STALE_INCARNATION)
         if t.state is State.FAILED:
             fence = self.quarantine.get(epoch)
             if fence is not None and fence.transfer_id == transfer_id and end >= fence.end_token:
                 self._lift(epoch, "commit")  # the writer finished the lent range: it stopped
-            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}")
+            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
         if end <= t.sent_tokens:  # a repeat of delivered rows: a retry, or another rank's
             self.totals.commit_duplicates += 1
             return CommitResult(t, True)
@@ -499,17 +505,18 @@ class Coordinator:
             raise FailedPrecondition(f"window epoch {epoch} of {transfer_id!r} was resumed past "
                                      f"(the current window is epoch {t.window_epoch}); rows "
                                      f"[{start_token}, {end}) were not all delivered: write "
-                                     f"them into the current grant")
+                                     f"them into the current grant", reason=Reason.GRANT_EXPIRED)
         if t.lent_epoch != epoch:
             raise FailedPrecondition(f"window epoch {epoch} of {transfer_id!r} is not lent to a "
-                                     f"one-sided writer: Attach to get a grant before writing")
+                                     f"one-sided writer: Attach to get a grant before writing",
+                                     reason=Reason.NOT_GRANTED)
         if start_token > t.sent_tokens:
             raise OutOfRange(f"commit from token {start_token} leaves a gap: the next expected "
-                             f"token is {t.sent_tokens}; commit rows from there")
+                             f"token is {t.sent_tokens}; commit rows from there", reason=Reason.TOKEN_GAP)
         window_end = t.window_start_token + t.window_tokens
         if end > window_end:
             raise InvalidArgument(f"commit of rows [{start_token}, {end}) runs past the granted "
-                                  f"window, which ends at token {window_end}")
+                                  f"window, which ends at token {window_end}", reason=Reason.BAD_COMMIT)
         if end == window_end:
             t.lent_epoch = -1  # the grant is used up: the writer is done with these blocks
         self._deliver(t, end - t.sent_tokens, now)
@@ -556,7 +563,7 @@ class Coordinator:
     def abort(self, transfer_id: str, reason: str, now: float, incarnation: int = 0) -> Transfer:
         if len(reason.encode()) > MAX_REASON_BYTES:
             raise InvalidArgument(f"the abort reason is {len(reason.encode())} bytes; the limit is "
-                                  f"{MAX_REASON_BYTES}: say why in a sentence")
+                                  f"{MAX_REASON_BYTES}: say why in a sentence", reason=Reason.REASON_TOO_LARGE)
         t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
             self.fail(t, Outcome.ABORTED, f"aborted: {reason or 'no reason given'}", now)
@@ -616,7 +623,7 @@ class Coordinator:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _fire(self, event: str, t: Transfer, **kwargs: int) -> str | None:
+    def _fire(self, event: str, t: Transfer, **kwargs: int) -> Refusal | None:
         before = t.state
         why = fire(event, t, **kwargs)
         if why is None:
@@ -637,7 +644,7 @@ class Coordinator:
         if tokens > self.limits.pool_tokens:
             raise InvalidArgument(f"window_tokens={tokens} is larger than the whole pool "
                                   f"({self.limits.num_blocks} blocks x {self.limits.block_tokens} "
-                                  f"tokens); ask for at most {self.limits.pool_tokens}")
+                                  f"tokens); ask for at most {self.limits.pool_tokens}", reason=Reason.WINDOW_TOO_LARGE)
 
     def _segments(self, t: Transfer, first: int, count: int) -> list[Segment]:
         bt = self.limits.block_tokens
@@ -738,10 +745,10 @@ class Coordinator:
 
 def _check_id(transfer_id: str) -> None:
     if not transfer_id:
-        raise InvalidArgument("transfer_id is empty; give every transfer a unique id")
+        raise InvalidArgument("transfer_id is empty; give every transfer a unique id", reason=Reason.BAD_TRANSFER_ID)
     if len(transfer_id.encode()) > MAX_ID_BYTES:
         raise InvalidArgument(f"transfer_id is {len(transfer_id.encode())} bytes; "
-                              f"the limit is {MAX_ID_BYTES}")
+                              f"the limit is {MAX_ID_BYTES}", reason=Reason.BAD_TRANSFER_ID)
     # Ids are echoed into logs, tables and metrics: no control or format characters (NUL,
     # newlines, bidi overrides, zero-width), no separators or spaces that would hide or forge
     # text there.
@@ -749,7 +756,7 @@ def _check_id(transfer_id: str) -> None:
     if bad is not None:
         raise InvalidArgument(f"transfer_id contains U+{ord(bad):04X} at index "
                               f"{transfer_id.index(bad)}: ids must be printable, with no spaces, "
-                              f"control or formatting characters")
+                              f"control or formatting characters", reason=Reason.BAD_TRANSFER_ID)
 
 
 def _bounded(reason: str) -> str:

@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 from transitions import EventData, Machine, MachineError
 
+from kvferry.statemachine.errors import Reason
+
 
 class State(enum.Enum):
     """Values equal the wire enum ``kvferry.v1.TransferState``."""
@@ -138,28 +140,42 @@ class Transfer:
         return self.blocks_wanted > 0
 
 
-# Guards: a reason the event may not happen, or None when it may. The coordinator turns a reason
-# into the error the caller sees, so each rule is written once, here.
-Guard = Callable[..., "str | None"]
+class Refusal(str):
+    """Why an event may not happen: the text people read, with ``reason``, the stable code
+    (``errors.Reason``) a program branches on."""
+
+    reason: str
+
+    def __new__(cls, reason: str, text: str) -> Refusal:
+        self = super().__new__(cls, text)
+        self.reason = reason
+        return self
 
 
-def all_tokens_sent(t: Transfer) -> str | None:
+# Guards: a Refusal, or None when the event may happen. The coordinator turns a refusal into the
+# error the caller sees, so each rule is written once, here.
+Guard = Callable[..., "Refusal | None"]
+
+
+def all_tokens_sent(t: Transfer) -> Refusal | None:
     if t.total_tokens == 0 or t.sent_tokens != t.total_tokens:
-        return f"{t.sent_tokens} of {t.total_tokens or '?'} tokens delivered"
+        return Refusal(Reason.WRONG_STATE, f"{t.sent_tokens} of {t.total_tokens or '?'} tokens delivered")
     return None
 
 
-def resume_is_due(t: Transfer, sent_tokens: int) -> str | None:
+def resume_is_due(t: Transfer, sent_tokens: int) -> Refusal | None:
     if sent_tokens != t.sent_tokens:
-        return (f"resume names sent_tokens={sent_tokens} but the transfer has delivered "
-                f"{t.sent_tokens}; resume with the sent_tokens that Poll or Watch reports once "
-                f"the window is full")
+        return Refusal(Reason.SENT_TOKENS_MISMATCH,
+                       f"resume names sent_tokens={sent_tokens} but the transfer has delivered "
+                       f"{t.sent_tokens}; resume with the sent_tokens that Poll or Watch reports "
+                       f"once the window is full")
     if not t.window_full:
-        return (f"the window is not full yet ({t.window_filled_tokens} of {t.window_tokens} "
-                f"tokens from token {t.window_start_token}); wait until "
-                f"window_filled_tokens == window_tokens before resuming")
+        return Refusal(Reason.WINDOW_NOT_FULL,
+                       f"the window is not full yet ({t.window_filled_tokens} of "
+                       f"{t.window_tokens} tokens from token {t.window_start_token}); wait until "
+                       f"window_filled_tokens == window_tokens before resuming")
     if t.total_tokens and t.sent_tokens >= t.total_tokens:
-        return "every token is delivered; nothing to resume"
+        return Refusal(Reason.NOTHING_TO_RESUME, "every token is delivered; nothing to resume")
     return None
 
 
@@ -192,7 +208,7 @@ MEANING = {
 def _condition(guard: Guard) -> Callable[[EventData], bool]:
     def check(event: EventData) -> bool:
         kwargs = dict(event.kwargs)
-        why: list[str] = kwargs.pop("_why")
+        why: list[Refusal] = kwargs.pop("_why")
         reason = guard(event.model, **kwargs)
         if reason is None:
             return True
@@ -229,16 +245,16 @@ _SOURCES = {name: tuple(s for r in TRANSITIONS if r.event == name for s in r.sou
             for name in _EVENTS}
 
 
-def fire(event: str, t: Transfer, **kwargs: int) -> str | None:
+def fire(event: str, t: Transfer, **kwargs: int) -> Refusal | None:
     """Fire ``event`` on ``t``: None when it happened, else why not (nothing changed)."""
-    why: list[str] = []
+    why: list[Refusal] = []
     try:
         if _EVENTS[event].trigger(t, _why=why, **kwargs):
             return None
     except MachineError:  # no row for this event from t's state
         allowed = " or ".join(s.name for s in _SOURCES[event])
-        return (f"{event} is allowed only in {allowed}, and the transfer is {t.state.name} "
-                f"({MEANING[t.state]})")
+        return Refusal(Reason.WRONG_STATE, f"{event} is allowed only in {allowed}, and the "
+                       f"transfer is {t.state.name} ({MEANING[t.state]})")
     return why[0]
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -29,6 +30,21 @@ class ServerProcess:
     flags: dict[str, Any] = field(default_factory=dict)
     # What this helper's own calls carry: the bearer token, when the server was given one.
     call_metadata: tuple[tuple[str, str], ...] = ()
+    # Everything the server wrote (stdout: its log; stderr: what escaped it), line by line, read
+    # as it comes so that a chatty server never blocks on a full pipe.
+    output: list[str] = field(default_factory=list)
+    readers: list[threading.Thread] = field(default_factory=list, repr=False)
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The server's JSON log lines, parsed (other lines skipped)."""
+        out = []
+        for line in list(self.output):
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
 
     @property
     def host(self) -> str:
@@ -86,6 +102,13 @@ class ServerProcess:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+            for reader in self.readers:  # the last lines are in ``output`` once this returns
+                reader.join(5)
+
+
+def _drain(stream: Any, into: list[str]) -> None:
+    for line in stream:
+        into.append(line)
 
 
 def launch(flags: dict[str, Any], credentials: grpc.ChannelCredentials | None = None,
@@ -98,14 +121,22 @@ def launch(flags: dict[str, Any], credentials: grpc.ChannelCredentials | None = 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        err = proc.stderr.read() if proc.stderr else ""
-        raise RuntimeError(f"server did not start: {err}")
-    started = json.loads(line)
+    started: dict[str, Any] = {}
+    before: list[str] = []  # log lines ahead of "serving" (a fault-injection warning, say)
+    while started.get("event") != "serving":
+        line = proc.stdout.readline()
+        if not line:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"server did not start: {''.join(before)}{err}")
+        before.append(line)
+        started = json.loads(line)
     token_file = flags.get("admin_token_file") or flags.get("auth_token_file")
     md = (("authorization", f"Bearer {Path(token_file).read_text().strip()}"),) if token_file else ()
-    srv = ServerProcess(proc, started["grpc_port"], started["metrics_port"], dict(flags), md)
+    srv = ServerProcess(proc, started["grpc_port"], started["metrics_port"], dict(flags), md, before)
+    for stream in (proc.stdout, proc.stderr):
+        reader = threading.Thread(target=_drain, args=(stream, srv.output), daemon=True)
+        reader.start()
+        srv.readers.append(reader)
     ch = (grpc.insecure_channel(srv.target) if credentials is None
           else grpc.secure_channel(srv.target, credentials))
     with ch:

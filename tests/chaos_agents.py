@@ -24,7 +24,7 @@ import sys
 import grpc
 import numpy as np
 
-from kvferry.client import AsyncClient, TransferFailed
+from kvferry.client import AsyncClient, KvferryError, TransferFailed
 from kvferry.v1 import transfer_pb2 as pb
 
 ROW = 64
@@ -73,7 +73,7 @@ async def echo_ranks(target: str, seconds: float, tids: list[str]) -> None:
             for tid in tids:
                 try:
                     st = await c.poll(tid)
-                except grpc.aio.AioRpcError:
+                except KvferryError:  # not opened yet, or released
                     continue
                 if st.last_resume_sent_tokens < 0:
                     continue

@@ -52,3 +52,22 @@ def test_readme_documents_every_flag() -> None:
     table = README[README.index("## Configuration"):README.index("## Metrics")]
     for f in fields(ServerConfig):
         assert f"--{f.name.replace('_', '-')}`" in table, f"README lacks --{f.name}"
+
+
+def test_readme_epd_snippet_runs_as_written(tmp_path: Path) -> None:
+    """The EPD block, verbatim, against the server `make serve SERVE_ARGS="--row-bytes 8208"`
+    would start (with a smaller pool: the default one is 538 MB of shared memory)."""
+    section = README[README.index("## Encoder → language (EPD)"):README.index("## Coming from SGLang")]
+    assert 'make serve SERVE_ARGS="--row-bytes 8208"' in section
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    srv = start_server(base={}, row_bytes=8208, num_blocks=32, block_tokens=256)
+    try:
+        script = tmp_path / "epd_snippet.py"
+        script.write_text(code.group(1))
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "KVFERRY_TARGET": srv.target})
+        assert r.returncode == 0, r.stderr
+        assert "ok: 6000 tokens in two windows, aux [6000, -3]" in r.stdout
+    finally:
+        assert srv.stop() == 0

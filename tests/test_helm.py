@@ -161,7 +161,10 @@ def test_auth_and_tls() -> None:
     volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["auth"]["secret"]["secretName"] == secret["metadata"]["name"]
     assert volumes["tls"]["secret"]["secretName"] == "kvferry-tls"
-    assert "tcpSocket" in c["readinessProbe"]  # the kubelet's gRPC probe cannot speak TLS
+    # The kubelet's gRPC probe cannot speak TLS: the same health states over HTTP instead.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     policy = one(docs, "NetworkPolicy")
     grpc_rule = policy["spec"]["ingress"][0]
     assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]

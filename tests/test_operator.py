@@ -81,7 +81,9 @@ def test_kvferry_status(busy) -> None:  # type: ignore[no-untyped-def]
     assert "8 / 32 (25%)" in out and "oldest live transfers (4)" in out
     for tid in ids[:4]:
         assert tid in out
-    assert ids[4] not in out  # failed: not live
+    live, failures = out.split("recent failures")
+    assert ids[4] not in live and ids[4] in failures  # failed: not live, but listed with why
+    assert "aborted" in failures
     assert "TRANSFERRING" in out and "10 / 40" in out
 
 

@@ -110,8 +110,10 @@ app.kubernetes.io/part-of: kvferry
 
 {{- define "kvferry.probe" -}}
 {{- if .root.Values.tls.enabled }}
-tcpSocket:
-  port: grpc
+{{- /* The kubelet's gRPC probe cannot speak TLS: the same health states over plain HTTP. */}}
+httpGet:
+  path: {{ if eq .service "liveness" }}/healthz{{ else }}/readyz{{ end }}
+  port: metrics
 {{- else }}
 grpc:
   port: {{ .root.Values.server.grpcPort }}

@@ -329,7 +329,7 @@ class StateCount(_message.Message):
     def __init__(self, state: _Optional[_Union[TransferState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("pool", "transfers", "resumes_waiting", "resumes_applied", "resume_duplicates", "transfers_started", "tokens_received", "uptime_seconds", "draining", "fence_timeouts")
+    __slots__ = ("pool", "transfers", "resumes_waiting", "resumes_applied", "resume_duplicates", "transfers_started", "tokens_received", "uptime_seconds", "draining", "fence_timeouts", "recent_failures")
     POOL_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     RESUMES_WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,7 @@ class StatsResponse(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     FENCE_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     pool: PoolInfo
     transfers: _containers.RepeatedCompositeFieldContainer[StateCount]
     resumes_waiting: int
@@ -350,7 +351,8 @@ class StatsResponse(_message.Message):
     uptime_seconds: float
     draining: bool
     fence_timeouts: int
-    def __init__(self, pool: _Optional[_Union[PoolInfo, _Mapping]] = ..., transfers: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., resumes_waiting: _Optional[int] = ..., resumes_applied: _Optional[int] = ..., resume_duplicates: _Optional[int] = ..., transfers_started: _Optional[int] = ..., tokens_received: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., draining: _Optional[bool] = ..., fence_timeouts: _Optional[int] = ...) -> None: ...
+    recent_failures: _containers.RepeatedCompositeFieldContainer[TransferSummary]
+    def __init__(self, pool: _Optional[_Union[PoolInfo, _Mapping]] = ..., transfers: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., resumes_waiting: _Optional[int] = ..., resumes_applied: _Optional[int] = ..., resume_duplicates: _Optional[int] = ..., transfers_started: _Optional[int] = ..., tokens_received: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., draining: _Optional[bool] = ..., fence_timeouts: _Optional[int] = ..., recent_failures: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "states")
