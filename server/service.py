@@ -253,7 +253,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             while True:
                 if t.state is State.FAILED:
                     raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}",
-                    reason=Reason.TRANSFER_FAILED)
+                                  reason=Reason.TRANSFER_FAILED)
                 if t.state is State.SUCCESS or t.released:
                     return
                 g = self.coord.grant(t.transfer_id, t.incarnation)
