@@ -45,7 +45,7 @@ def test_a_generic_client_reads_the_reason_and_the_retry_delay(seed: ServerProce
         status = rpc_status.from_call(e.value)
         retry = error_details_pb2.RetryInfo()
         assert status is not None and status.details[0].Unpack(info) and info.reason == "POOL_EXHAUSTED"
-        assert status.details[1].Unpack(retry) and retry.retry_delay.ToTimedelta().total_seconds() > 0
+        assert status.details[1].Unpack(retry) and retry.retry_delay.ToTimedelta().total_seconds() == 0.1
         release = ch.unary_unary("/kvferry.v1.TransferService/Release",
                                  request_serializer=pb.ReleaseRequest.SerializeToString,
                                  response_deserializer=pb.ReleaseResponse.FromString)
