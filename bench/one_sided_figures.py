@@ -91,6 +91,9 @@ class _Timed:
         self.pool.write(grant, rows, first_token, end)
         self.marks.append((t0, time.perf_counter()))
 
+    def finish(self, rows: Any) -> None:
+        self.pool.finish(rows)
+
 
 def window_turnaround(windows: int) -> list[Figure]:
     """From the end of the write that fills window k to the start of the write into window k+1:
