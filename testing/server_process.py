@@ -70,6 +70,15 @@ class ServerProcess:
                 return float(line.split()[-1])
         raise KeyError(key)
 
+    def wait_metric(self, name: str, labels: str, at_least: float, timeout: float = 10.0) -> float:
+        """The sample once it reaches AT_LEAST (or its value at TIMEOUT). gRPC sends a status
+        before the server's interceptor has counted the call, so a client that has its answer
+        can still scrape the count from before it."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, labels)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return value
+
     def pool_info(self) -> pb.PoolInfo:
         ch, stub = self.stub()
         with ch:

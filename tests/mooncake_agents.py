@@ -44,7 +44,7 @@ def host_a(address: str, total: int, window: int) -> None:
                   'grpc_type="server_stream"')
         say(sha=hashlib.sha256(data).hexdigest(),
             push_messages=srv.metric("grpc_server_msg_received_total", push),
-            attach_ok=srv.metric("grpc_server_handled_total", attach),
+            attach_ok=srv.wait_metric("grpc_server_handled_total", attach, 1),
             transports=list(srv.pool_info().transports))
     finally:
         srv.stop()

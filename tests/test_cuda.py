@@ -159,7 +159,8 @@ def test_a_cuda_ipc_sender_writes_windows_straight_into_the_pool(gpu_server: Ser
     assert gpu_server.metric("grpc_server_msg_received_total",
                              'grpc_method="Push",grpc_service="kvferry.v1.TransferService",'
                              'grpc_type="client_stream"') == pushes
-    assert gpu_server.metric("grpc_server_handled_total",
-                             'grpc_code="OK",grpc_method="Attach",'
-                             'grpc_service="kvferry.v1.TransferService",grpc_type="server_stream"') >= 1
+    assert gpu_server.wait_metric("grpc_server_handled_total",
+                                  'grpc_code="OK",grpc_method="Attach",'
+                                  'grpc_service="kvferry.v1.TransferService",grpc_type="server_stream"',
+                                  1) >= 1
     gpu_server.assert_pool_free()

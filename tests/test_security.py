@@ -74,7 +74,7 @@ def test_health_is_exempt_and_the_right_token_works(authed: ServerProcess) -> No
         for _ in range(4):
             with pytest.raises(grpc.RpcError):
                 stub.Open(pb.OpenRequest(transfer_id="no-token"))
-    assert authed.metric("grpc_server_handled_total", refused) == before + 4
+    assert authed.wait_metric("grpc_server_handled_total", refused, before + 4) == before + 4
 
 
 def test_tls_and_mtls(pki: dict[str, Path]) -> None:
