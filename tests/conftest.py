@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -22,3 +23,8 @@ def seed(server: ServerProcess) -> Iterator[ServerProcess]:
     server.assert_pool_free()
     yield server
     server.assert_pool_free()
+
+
+# tests/vllm needs vLLM, which lives in its own environment (.venv-vllm, `make test-vllm`): the
+# main suite does not collect it.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]

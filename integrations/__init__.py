@@ -1,0 +1,1 @@
+"""kvferry inside serving engines: connectors that make an engine move embeddings through kvferry."""

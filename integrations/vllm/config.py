@@ -1,0 +1,107 @@
+"""What the vLLM connector reads from ``ec_connector_extra_config`` (docs/vllm.md lists it).
+
+Every mistake is refused when the engine builds the connector, with the key and what to put
+there: an engine that starts with a bad kvferry setting fails at 3 a.m. instead of at deploy time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvferry.client.transports import TRANSPORTS
+
+PREFIX = "kvferry_"
+ON_FAILURE = ("encode", "fail")
+
+
+class ConfigError(ValueError):
+    """A setting in ec_connector_extra_config that cannot work, and what to put there instead."""
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    target: str
+    """host:port of the kvferry server both engines talk to."""
+    token: str | None = None
+    """Bearer token, read from ``kvferry_token_file`` (the server's --token-file)."""
+    secret: str | None = None
+    """Shared secret, read from ``kvferry_secret_file``: each transfer's secret is derived from it
+    (``transfer_secret``), so only engines holding it can send or receive an embedding."""
+    window_tokens: int = 0
+    """Rows per window on the consumer; 0: the server's default window."""
+    transport: str = "auto"
+    """How the producer's rows reach the pool (kvferry.client.transports)."""
+    sender_wait_s: float = 10.0
+    """Consumer: how long a request waits for an encoder to send one of its images before the
+    consumer stops waiting (then ``on_failure`` decides)."""
+    on_failure: str = "encode"
+    """Consumer, when an embedding cannot arrive: ``encode`` it locally (the engine has the
+    encoder), or ``fail`` the request (vLLM reports it as an error; re-issuing re-encodes)."""
+    transfer_id_prefix: str = "ec-"
+    """Transfer ids are this prefix and vLLM's content hash of the item, so both engines name the
+    same transfer without talking, and a repeated image is one transfer."""
+    max_sends_in_flight: int = 64
+    """Producer: sends waiting for their consumer at once; more are refused (and logged) rather
+    than holding encoder outputs without bound."""
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> ConnectorConfig:
+        known = {f"{PREFIX}target", f"{PREFIX}token_file", f"{PREFIX}secret_file",
+                 f"{PREFIX}window_tokens", f"{PREFIX}transport", f"{PREFIX}sender_wait_s",
+                 f"{PREFIX}on_failure", f"{PREFIX}transfer_id_prefix",
+                 f"{PREFIX}max_sends_in_flight"}
+        unknown = sorted(k for k in extra if k.startswith(PREFIX) and k not in known)
+        if unknown:
+            raise ConfigError(f"ec_connector_extra_config: unknown key(s) {', '.join(unknown)}; "
+                              f"the kvferry keys are {', '.join(sorted(known))}")
+        target = extra.get(f"{PREFIX}target")
+        if not isinstance(target, str) or ":" not in target:
+            raise ConfigError("ec_connector_extra_config.kvferry_target: give the kvferry "
+                              f"server as \"host:port\" (got {target!r})")
+        transport = str(extra.get(f"{PREFIX}transport", "auto"))
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"ec_connector_extra_config.kvferry_transport: {transport!r} is not "
+                              f"one of {', '.join(TRANSPORTS)}")
+        on_failure = str(extra.get(f"{PREFIX}on_failure", "encode"))
+        if on_failure not in ON_FAILURE:
+            raise ConfigError(f"ec_connector_extra_config.kvferry_on_failure: {on_failure!r} is "
+                              f"not one of {', '.join(ON_FAILURE)}")
+        return cls(
+            target=target,
+            token=_read(extra, f"{PREFIX}token_file"),
+            secret=_read(extra, f"{PREFIX}secret_file"),
+            window_tokens=_number(extra, f"{PREFIX}window_tokens", 0, int, minimum=0),
+            transport=transport,
+            sender_wait_s=_number(extra, f"{PREFIX}sender_wait_s", 10.0, float, minimum=0.0),
+            on_failure=on_failure,
+            transfer_id_prefix=str(extra.get(f"{PREFIX}transfer_id_prefix", "ec-")),
+            max_sends_in_flight=_number(extra, f"{PREFIX}max_sends_in_flight", 64, int, minimum=1),
+        )
+
+
+def _read(extra: Mapping[str, Any], key: str) -> str | None:
+    path = extra.get(key)
+    if path is None:
+        return None
+    try:
+        text = Path(str(path)).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"ec_connector_extra_config.{key}: cannot read {path!r} ({e.strerror}); "
+                          "give a file this engine can read") from e
+    if not text:
+        raise ConfigError(f"ec_connector_extra_config.{key}: {path!r} is empty")
+    return text
+
+
+def _number(extra: Mapping[str, Any], key: str, default: Any, kind: type, minimum: Any) -> Any:
+    raw = extra.get(key, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ec_connector_extra_config.{key}: {raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"ec_connector_extra_config.{key}: {value} is below {minimum}")
+    return value

@@ -1,0 +1,168 @@
+"""``KvferryECConnector``: vLLM's encoder-cache connector on kvferry, for both roles.
+
+Load it by name (README, "Use it from vLLM")::
+
+    --ec-transfer-config '{"ec_connector": "KvferryECConnector",
+        "ec_connector_module_path": "kvferry.integrations.vllm", "ec_role": "ec_producer",
+        "ec_connector_extra_config": {"kvferry_target": "kvferry:50051"}}'
+
+vLLM builds one instance per process role: SCHEDULER (in the engine core: decides what is
+loaded) and WORKER (beside the model: moves the rows). The producer side lives in the worker
+(``save_caches``); the consumer side in both (``consumer.Arrivals``, ``consumer.Loader``).
+
+Two behaviours of vLLM 0.32 shape this class:
+- ``request_finished`` answers ``False`` (never delays the free): its scheduler frees a request's
+  blocks after a delayed free only on the *KV* connector's ``finished_sending``, so ``True`` here
+  would keep every encoder request forever. The producer keeps the encoder output alive by
+  holding its own reference until the send is done instead.
+- The scheduler must only call an embedding external once it has arrived: the model runner
+  raises "Encoder cache miss" on an entry the connector did not fill, and a worker with nothing
+  scheduled never runs the connector. So arrival is decided on the scheduler side, from kvferry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm.distributed.ec_transfer.ec_connector.base import (
+    ECConnectorBase,
+    ECConnectorMetadata,
+    ECConnectorRole,
+    ECConnectorWorkerMetadata,
+)
+
+from kvferry.integrations.vllm.config import ConnectorConfig
+from kvferry.integrations.vllm.consumer import Arrivals, Load, Loader
+from kvferry.integrations.vllm.producer import Producer
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.outputs import ECConnectorOutput
+    from vllm.v1.request import Request
+
+log = logging.getLogger("kvferry.integrations.vllm")
+
+
+@dataclass
+class KvferryECMetadata(ECConnectorMetadata):
+    """Scheduler -> worker, each step: the arrived embeddings to take in."""
+    loads: list[Load] = field(default_factory=list)
+
+
+@dataclass
+class KvferryECWorkerMetadata(ECConnectorWorkerMetadata):
+    """Worker -> scheduler: requests whose embedding broke off while it was taken in."""
+    failed_requests: list[str] = field(default_factory=list)
+
+    def aggregate(self, other: ECConnectorWorkerMetadata) -> ECConnectorWorkerMetadata:
+        if isinstance(other, KvferryECWorkerMetadata):
+            return KvferryECWorkerMetadata(self.failed_requests + other.failed_requests)
+        return self
+
+
+class KvferryECConnector(ECConnectorBase):
+    def __init__(self, vllm_config: VllmConfig, role: ECConnectorRole) -> None:
+        super().__init__(vllm_config=vllm_config, role=role)
+        ec = vllm_config.ec_transfer_config
+        assert ec is not None  # the base class refused a config without it
+        self.config = ConnectorConfig.from_extra(ec.ec_connector_extra_config)
+        self.producer: Producer | None = None
+        self.arrivals: Arrivals | None = None
+        self.loader: Loader | None = None
+        self._failed: list[str] = []
+        if role == ECConnectorRole.WORKER:
+            if self.is_producer:
+                self.producer = Producer(self.config)
+            if self.is_consumer:
+                self.loader = Loader(self.config, _worker_device(), _expected_rows(vllm_config))
+        elif self.is_consumer:
+            self.arrivals = Arrivals(self.config)
+        log.info("kvferry EC connector: %s, %s, server %s", role.name.lower(),
+                 "producer" if self.is_producer else "consumer", self.config.target)
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def save_caches(self, encoder_cache: dict[str, torch.Tensor], mm_hash: str,
+                    **kwargs: Any) -> None:
+        if self.producer is not None:
+            self.producer.save(encoder_cache[mm_hash], mm_hash)
+
+    def start_load_caches(self, encoder_cache: dict[str, torch.Tensor], **kwargs: Any) -> None:
+        if self.loader is None:
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, KvferryECMetadata)
+        if meta.loads:
+            self._failed += self.loader.load(meta.loads, encoder_cache)
+
+    def build_connector_worker_meta(self) -> ECConnectorWorkerMetadata | None:
+        if not self._failed:
+            return None
+        failed, self._failed = self._failed, []
+        return KvferryECWorkerMetadata(failed)
+
+    # -- scheduler --------------------------------------------------------------------------
+
+    def ensure_cache_available(self, request: Request, num_computed_tokens: int) -> bool:
+        if self.arrivals is None:
+            return True
+        return self.arrivals.ensure(request.request_id, _hashes_ahead(request, num_computed_tokens))
+
+    def has_cache_item(self, identifier: str) -> bool:
+        return self.arrivals is not None and self.arrivals.has(identifier)
+
+    def update_state_after_alloc(self, request: Request, index: int) -> None:
+        if self.arrivals is not None:
+            self.arrivals.allocated(request.request_id, request.mm_features[index].identifier,
+                                    request.get_num_encoder_embeds(index))
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ECConnectorMetadata:
+        if self.arrivals is None:
+            return KvferryECMetadata()
+        return KvferryECMetadata(self.arrivals.take_loads(scheduler_output.free_encoder_mm_hashes))
+
+    def update_connector_output(self, connector_output: ECConnectorOutput) -> None:
+        meta = connector_output.ec_connector_worker_meta
+        if self.arrivals is not None and isinstance(meta, KvferryECWorkerMetadata):
+            self.arrivals.load_failed(meta.failed_requests)
+
+    def take_unavailable_requests(self) -> set[str]:
+        return set() if self.arrivals is None else self.arrivals.take_unavailable()
+
+    def request_finished(self, request: Request) -> tuple[bool, dict[str, Any] | None]:
+        if self.arrivals is not None:
+            self.arrivals.finished(request.request_id, [f.identifier for f in request.mm_features])
+        return False, None
+
+    def shutdown(self) -> None:
+        for part in (self.producer, self.arrivals, self.loader):
+            if part is not None:
+                part.close()
+        self.producer = self.arrivals = self.loader = None
+
+
+def _hashes_ahead(request: Request, num_computed_tokens: int) -> list[str]:
+    """The request's items whose placeholders are not all computed yet."""
+    return [f.identifier for f in request.mm_features
+            if f.mm_position.offset + f.mm_position.length > num_computed_tokens]
+
+
+def _worker_device() -> torch.device:
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cuda_alike():
+        return torch.device(current_platform.device_type, current_platform.current_device())
+    return torch.device(current_platform.device_type)
+
+
+def _expected_rows(vllm_config: VllmConfig) -> tuple[int, torch.dtype] | None:
+    """This model's embedding width and dtype, when the engine has a model."""
+    model = vllm_config.model_config
+    if model is None:
+        return None
+    dtype = model.dtype
+    return (model.get_hidden_size(), dtype) if isinstance(dtype, torch.dtype) else None

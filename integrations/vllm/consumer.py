@@ -1,0 +1,313 @@
+"""Language side (``ec_consumer``): the scheduler finds embeddings, the worker takes them in.
+
+Scheduler (``Arrivals``): when a request needs an image it does not hold, the scheduler Opens
+that image's transfer (its id is the content hash) on the bridge's loop and watches it. Until the
+rows are in kvferry's pool the request is deferred (``ensure_cache_available`` says False), so the
+engine never schedules an embedding that has not arrived: it is *ready* once the sender has
+delivered all of it, or filled the first window of one longer than the window. No sender within
+``sender_wait_s``, a transfer that fails, or a server that cannot be reached makes the image
+*unavailable*: the engine encodes it itself (``on_failure = encode``) or fails the request
+(``fail``). Everything the scheduler opened and no request took is aborted and released when its
+requests finish, so an aborted request leaves nothing held.
+
+Worker (``Loader``): for each ready image the scheduler hands over, receive the rows window by
+window straight into one tensor on the worker's device, release the transfer, and put the tensor
+in vLLM's encoder cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import torch
+
+from kvferry.client.errors import KvferryError, TransferFailed
+from kvferry.integrations.vllm.bridge import Bridge
+from kvferry.integrations.vllm.config import ConnectorConfig
+from kvferry.integrations.vllm.wire import Header, HeaderError, transfer_id, transfer_secret
+from kvferry.v1 import transfer_pb2 as pb
+
+log = logging.getLogger("kvferry.integrations.vllm")
+
+
+class Arrival(enum.Enum):
+    WAITING = "waiting"          # opened (or opening); the rows are not all there yet
+    READY = "ready"              # the worker can take it in now
+    UNAVAILABLE = "unavailable"  # it will not come: encode locally, or fail the request
+
+
+@dataclass
+class Expected:
+    mm_hash: str
+    tid: str
+    opened_at: float
+    state: Arrival = Arrival.WAITING
+    incarnation: int = 0
+    reason: str = ""
+    requests: set[str] = field(default_factory=set)
+    task: concurrent.futures.Future[None] | None = None
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the worker needs to take one embedding in."""
+    mm_hash: str
+    tid: str
+    incarnation: int
+    request_id: str
+    tokens: int  # the embedding rows the request's placeholders take
+
+
+class Arrivals:
+    """Scheduler side: which images are on their way, and which have arrived."""
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        self.config = config
+        self.bridge = Bridge(config.target, config.token, "kvferry-vllm-scheduler")
+        self.expected: dict[str, Expected] = {}
+        self.resident: set[str] = set()  # in this engine's encoder cache (loaded or encoded)
+        self.loads: list[Load] = []
+        self.unavailable_requests: set[str] = set()
+        self.fallbacks = 0
+
+    # -- what vLLM's scheduler asks ------------------------------------------------------------
+
+    def ensure(self, request_id: str, mm_hashes: list[str]) -> bool:
+        """Open what REQUEST_ID needs and has not asked for; True once none is still coming."""
+        ready = True
+        for h in mm_hashes:
+            if h in self.resident:
+                continue
+            e = self.expected.get(h)
+            if e is None:
+                e = self.expected[h] = Expected(h, transfer_id(self.config.transfer_id_prefix, h),
+                                                time.monotonic())
+                e.task = self.bridge.submit(self._arrive(e))
+            e.requests.add(request_id)
+            if e.state is Arrival.WAITING:
+                ready = False
+            elif e.state is Arrival.UNAVAILABLE and self.config.on_failure == "fail":
+                self.unavailable_requests.add(request_id)
+        return ready
+
+    def has(self, mm_hash: str) -> bool:
+        e = self.expected.get(mm_hash)
+        return e is not None and e.state is Arrival.READY
+
+    def allocated(self, request_id: str, mm_hash: str, tokens: int) -> None:
+        """vLLM gave MM_HASH a place in the encoder cache: the worker fills it (if it arrived)."""
+        self.resident.add(mm_hash)
+        e = self.expected.get(mm_hash)
+        if e is None:
+            return
+        if e.state is Arrival.READY:
+            del self.expected[mm_hash]
+            self.loads.append(Load(mm_hash, e.tid, e.incarnation, request_id, tokens))
+        elif e.state is Arrival.UNAVAILABLE:
+            del self.expected[mm_hash]
+            self.fallbacks += 1
+            log.warning("kvferry: encoding %s locally: %s", mm_hash, e.reason)
+
+    def take_loads(self, freed: list[str]) -> list[Load]:
+        for h in freed:
+            self.resident.discard(h)
+        loads, self.loads = self.loads, []
+        return loads
+
+    def load_failed(self, request_ids: list[str]) -> None:
+        self.unavailable_requests.update(request_ids)
+
+    def take_unavailable(self) -> set[str]:
+        out, self.unavailable_requests = self.unavailable_requests, set()
+        return out
+
+    def finished(self, request_id: str, mm_hashes: list[str]) -> None:
+        """REQUEST_ID ended (done, aborted, failed): give back what only it was waiting for."""
+        self.unavailable_requests.discard(request_id)
+        for h in mm_hashes:
+            e = self.expected.get(h)
+            if e is None or request_id not in e.requests:
+                continue
+            e.requests.discard(request_id)
+            if not e.requests:
+                del self.expected[h]
+                self._drop(e, f"request {request_id} ended before its embedding was used")
+
+    # -- on the bridge's loop -----------------------------------------------------------------
+
+    async def _arrive(self, e: Expected) -> None:
+        client = self.bridge.client
+        secret = transfer_secret(self.config.secret, e.tid)
+        try:
+            e.incarnation = (await client.open(e.tid, self.config.window_tokens,
+                                               secret=secret)).incarnation
+            statuses = client.watch(e.tid, secret=secret, incarnation=e.incarnation)
+            attached = False
+            try:
+                while True:
+                    # The wait for a sender is bounded here; once one is attached, the transfer's
+                    # own stall timeout bounds the rest.
+                    left = e.opened_at + self.config.sender_wait_s - time.monotonic()
+                    nxt = statuses.__anext__()
+                    st = await (nxt if attached else asyncio.wait_for(nxt, max(left, 0.0)))
+                    if st.state == pb.TRANSFER_STATE_FAILED:
+                        raise TransferFailed(e.tid, st.failure_reason, st)
+                    attached = st.total_tokens > 0
+                    if _arrived(st):
+                        Header.decode(st.metadata)  # refuse what is not an embedding now
+                        e.state = Arrival.READY
+                        return
+            finally:
+                await statuses.aclose()
+        except StopAsyncIteration:
+            await self._unavailable(e, "the server ended the Watch before the rows arrived "
+                                       "(is it stopping?)")
+        except asyncio.TimeoutError:
+            await self._unavailable(e, f"no encoder sent it within kvferry_sender_wait_s="
+                                       f"{self.config.sender_wait_s:g}s")
+        except HeaderError as ex:
+            await self._unavailable(e, str(ex))
+        except (KvferryError, grpc.RpcError, OSError) as ex:
+            why = ex.reason if isinstance(ex, TransferFailed) else _describe(ex)
+            await self._unavailable(e, f"transfer {e.tid}: {why}")
+        except asyncio.CancelledError:
+            # Its requests ended while it was on its way: give back what was opened.
+            await self._give_back(e, "no request waits for this embedding any more")
+            raise
+
+    async def _unavailable(self, e: Expected, reason: str) -> None:
+        e.reason = reason
+        e.state = Arrival.UNAVAILABLE
+        await self._give_back(e, reason)
+
+    async def _give_back(self, e: Expected, reason: str) -> None:
+        """Abort and release the opening E made; one that was never opened needs nothing."""
+        if not e.incarnation:
+            return
+        client = self.bridge.client
+        secret = transfer_secret(self.config.secret, e.tid)
+        with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(client.abort(e.tid, reason, secret=secret,
+                                                incarnation=e.incarnation), 5)
+        with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(client.release(e.tid, secret=secret,
+                                                  incarnation=e.incarnation), 5)
+
+    def _drop(self, e: Expected, reason: str) -> None:
+        if e.state is Arrival.WAITING and e.task is not None and not e.task.done():
+            e.task.cancel()  # its CancelledError handler gives the opening back
+        else:
+            self.bridge.submit(self._give_back(e, reason))
+
+    def close(self) -> None:
+        """Give back every opening no request took; those still on their way are cancelled by
+        the bridge, and their cancellation gives them back."""
+        ready = [e for e in self.expected.values() if e.state is Arrival.READY]
+        self.expected.clear()
+        gone = [self.bridge.submit(self._give_back(e, "the language engine shut down"))
+                for e in ready]
+        concurrent.futures.wait(gone, timeout=10)
+        self.bridge.close()
+
+
+def _arrived(st: pb.TransferStatus) -> bool:
+    """All rows in the pool, or a full first window of a longer embedding (the worker streams
+    the rest)."""
+    if not st.total_tokens or not st.window_filled_tokens:
+        return False
+    return st.state == pb.TRANSFER_STATE_SUCCESS or st.window_filled_tokens == st.window_tokens
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, grpc.RpcError):
+        return f"{e.code().name}: {e.details()}"
+    return str(e)
+
+
+class Loader:
+    """Worker side: receive ready embeddings into the encoder cache."""
+
+    def __init__(self, config: ConnectorConfig, device: torch.device,
+                 expected: tuple[int, torch.dtype] | None) -> None:
+        """EXPECTED: this model's embedding (width, dtype), when the engine knows it."""
+        self.config = config
+        self.device = device
+        self.expected = expected
+        self.bridge = Bridge(config.target, config.token, "kvferry-vllm-worker")
+        self.loaded = 0
+
+    def load(self, loads: list[Load], encoder_cache: dict[str, torch.Tensor]) -> list[str]:
+        """Fill ENCODER_CACHE with LOADS; the request ids whose embedding could not be taken in
+        (their entry holds zeros so that the step runs; the scheduler fails those requests
+        before their next step)."""
+        failed: list[str] = []
+        for load in loads:
+            if load.mm_hash in encoder_cache:  # encoded here meanwhile: the rows are not needed
+                self.bridge.run(self._drop(load, "the embedding was already in the encoder cache"))
+                continue
+            try:
+                encoder_cache[load.mm_hash] = self.bridge.run(self._receive(load))
+                self.loaded += 1
+            except (KvferryError, HeaderError, grpc.RpcError, OSError) as e:
+                why = e.reason if isinstance(e, TransferFailed) else str(e)
+                log.error("kvferry: the embedding of %s (transfer %s) broke off while it was being "
+                          "taken in: %s; request %s fails", load.mm_hash, load.tid, why,
+                          load.request_id)
+                width, dtype = self.expected or (1, torch.float32)
+                encoder_cache[load.mm_hash] = torch.zeros((load.tokens, width), dtype=dtype,
+                                                          device=self.device)
+                failed.append(load.request_id)
+        return failed
+
+    def check(self, header: Header, load: Load) -> None:
+        if header.tokens != load.tokens:
+            raise HeaderError(f"the encoder sent {header.tokens} embedding rows but the request "
+                              f"has {load.tokens} placeholders: do both engines run the same "
+                              "model and processor settings?")
+        if self.expected is not None and (header.width, header.torch_dtype) != self.expected:
+            width, dtype = self.expected
+            raise HeaderError(f"the encoder sent {header.width} x {header.dtype} rows but this "
+                              f"model takes {width} x {dtype}: do both engines run the same "
+                              "model and --dtype?")
+
+    async def _receive(self, load: Load) -> torch.Tensor:
+        client = self.bridge.client
+        out: torch.Tensor | None = None
+        header: Header | None = None
+        async for w in client.receive(load.tid, self.config.window_tokens, open=False,
+                                      views=True, incarnation=load.incarnation,
+                                      secret=transfer_secret(self.config.secret, load.tid)):
+            if header is None:
+                header = Header.decode(w.metadata)
+                self.check(header, load)
+                out = torch.empty((header.tokens, header.width), dtype=header.torch_dtype,
+                                  device=self.device)
+            assert out is not None
+            with warnings.catch_warnings():  # a read-only window, copied at once
+                warnings.simplefilter("ignore", UserWarning)
+                rows = torch.from_numpy(np.frombuffer(w.data, dtype=np.uint8))
+            out[w.start_token:w.start_token + w.num_tokens].copy_(
+                rows.view(header.torch_dtype).view(w.num_tokens, header.width))
+        if out is None:
+            raise TransferFailed(load.tid, "the transfer ended with no window")
+        return out
+
+    async def _drop(self, load: Load, reason: str) -> None:
+        client = self.bridge.client
+        secret = transfer_secret(self.config.secret, load.tid)
+        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
+            await client.abort(load.tid, reason, secret=secret, incarnation=load.incarnation)
+        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
+            await client.release(load.tid, secret=secret, incarnation=load.incarnation)
+
+    def close(self) -> None:
+        self.bridge.close()

@@ -1,0 +1,80 @@
+"""What both engines agree on without talking: a transfer's id, its secret, and its header.
+
+The header is the transfer's metadata (the sender's first Push carries it): the embedding's
+dtype and shape, so a consumer can check the rows are what its model expects before using them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+import torch
+
+HEADER_VERSION = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class HeaderError(ValueError):
+    """The transfer's metadata is not an embedding header this connector can use."""
+
+
+def transfer_id(prefix: str, mm_hash: str) -> str:
+    return f"{prefix}{mm_hash}"
+
+
+def transfer_secret(shared: str | None, tid: str) -> str | None:
+    """One transfer's secret, derived from the engines' shared secret: it opens that transfer
+    only, so a secret seen on one transfer's calls is no key to the others."""
+    if shared is None:
+        return None
+    return hmac.new(shared.encode(), f"kvferry vllm ec v1 {tid}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Header:
+    dtype: str
+    tokens: int
+    width: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * self.torch_dtype.itemsize
+
+    def encode(self) -> bytes:
+        return json.dumps({"kvferry_vllm_ec": HEADER_VERSION, "dtype": self.dtype,
+                           "shape": [self.tokens, self.width]}).encode()
+
+    @classmethod
+    def of(cls, embedding: torch.Tensor) -> Header:
+        name = str(embedding.dtype).removeprefix("torch.")
+        if name not in DTYPES:
+            raise HeaderError(f"an embedding of dtype {embedding.dtype} cannot be sent: "
+                              f"the connector moves {', '.join(DTYPES)}")
+        if embedding.dim() != 2:
+            raise HeaderError(f"an embedding must be [tokens, hidden]; this one is "
+                              f"{list(embedding.shape)}")
+        return cls(name, int(embedding.shape[0]), int(embedding.shape[1]))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Header:
+        try:
+            d = json.loads(data)
+            if d.get("kvferry_vllm_ec") != HEADER_VERSION:
+                raise HeaderError(f"header version {d.get('kvferry_vllm_ec')!r}, this connector "
+                                  f"reads {HEADER_VERSION}: upgrade both engines' kvferry alike")
+            header = cls(str(d["dtype"]), int(d["shape"][0]), int(d["shape"][1]))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            if isinstance(e, HeaderError):
+                raise
+            raise HeaderError(f"the transfer's metadata is not a kvferry vLLM embedding header "
+                              f"({data[:64]!r}): was it sent by another program?") from e
+        if header.dtype not in DTYPES or header.tokens <= 0 or header.width <= 0:
+            raise HeaderError(f"the embedding header {d} names no usable dtype and shape")
+        return header

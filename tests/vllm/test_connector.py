@@ -1,0 +1,143 @@
+"""KvferryECConnector inside real vLLM code: built by vLLM's factory, driven with vllm.v1 objects,
+moving embeddings through a real kvferry server process."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import WIDTH
+from ec_harness import SCHEDULER, WORKER, image_hash, make, request, step
+from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
+
+from kvferry.integrations.vllm.config import ConfigError
+
+from kvserver import ServerProcess, wait_until
+
+
+@pytest.fixture
+def pair(ec_server: ServerProcess, tiny_model: Path) -> Iterator[tuple[ECConnectorBase, ECConnectorBase,
+                                                      ECConnectorBase]]:
+    """The encoder's worker, and the language engine's scheduler and worker connectors."""
+    parts = (make(WORKER, "ec_producer", tiny_model, ec_server.target),
+             make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=30),
+             make(WORKER, "ec_consumer", tiny_model, ec_server.target))
+    yield parts
+    for p in parts:
+        p.shutdown()
+
+
+def embedding(tokens: int, seed: int) -> torch.Tensor:
+    return torch.randn((tokens, WIDTH), generator=torch.Generator().manual_seed(seed))
+
+
+def test_windowed_embedding_arrives_in_the_encoder_cache(ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h, emb = image_hash(1), embedding(100, seed=1)  # 100 rows through 16-token windows
+    producer.save_caches({h: emb}, h)
+    req = request("r1", h, 100)
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
+    assert scheduler.has_cache_item(h)
+    scheduler.update_state_after_alloc(req, 0)
+    cache: dict[str, torch.Tensor] = {}
+    out = step(scheduler, worker, cache)
+    assert out.ec_connector_worker_meta is None  # nothing failed
+    assert torch.equal(cache[h], emb)
+    assert ec_server.metric("kvferry_resumes_total") == 6  # 7 windows
+    assert scheduler.take_unavailable_requests() == set()
+    scheduler.request_finished(req)
+    ec_server.assert_pool_free()
+
+
+def test_a_repeated_image_is_sent_once(ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h, emb = image_hash(2), embedding(20, seed=2)
+    producer.save_caches({h: emb}, h)
+    producer.save_caches({h: emb.clone()}, h)  # the same image in another request
+    first, second = request("a", h, 20), request("b", h, 20)
+    wait_until(lambda: scheduler.ensure_cache_available(first, 0), "the embedding arriving")
+    scheduler.update_state_after_alloc(first, 0)
+    cache: dict[str, torch.Tensor] = {}
+    step(scheduler, worker, cache)
+    assert torch.equal(cache[h], emb)
+    # The second request finds it in the engine's encoder cache: nothing is opened for it.
+    assert scheduler.ensure_cache_available(second, 0)
+    assert ec_server.pool_info().transfers == 0
+    ec_server.wait_metric("kvferry_transfers_finished_total", 'outcome="success"', 1)
+    assert ec_server.metric("kvferry_transfers_finished_total", 'outcome="success"') == 1
+    assert ec_server.metric("grpc_server_started_total", 'grpc_method="Open",grpc_service='
+                            '"kvferry.v1.TransferService",grpc_type="unary"') == 1
+    # Once the engine evicts it, a new request waits for a sender again.
+    step(scheduler, worker, cache, freed=[h])
+    assert not scheduler.ensure_cache_available(request("c", h, 20), 0)
+
+
+def test_no_sender_falls_back_to_local_encoding(ec_server: ServerProcess, tiny_model: Path) -> None:
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=0.3)
+    failing = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=0.3,
+                   kvferry_on_failure="fail")
+    try:
+        req = request("lonely", image_hash(3), 10)
+        wait_until(lambda: scheduler.ensure_cache_available(req, 0), "giving up on the sender")
+        assert not scheduler.has_cache_item(image_hash(3))  # vLLM encodes it itself
+        scheduler.update_state_after_alloc(req, 0)
+        assert scheduler.take_unavailable_requests() == set()
+        other = request("strict", image_hash(4), 10)
+        wait_until(lambda: failing.ensure_cache_available(other, 0), "giving up on the sender")
+        assert failing.take_unavailable_requests() == {"strict"}
+        ec_server.assert_pool_free()
+    finally:
+        scheduler.shutdown()
+        failing.shutdown()
+
+
+def test_a_request_that_ends_while_waiting_leaves_nothing_held(ec_server: ServerProcess,
+                                                               tiny_model: Path) -> None:
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=60)
+    try:
+        req = request("gone", image_hash(5), 10)
+        assert not scheduler.ensure_cache_available(req, 0)
+        wait_until(lambda: ec_server.pool_info().transfers == 1, "the Open")
+        assert scheduler.request_finished(req) == (False, None)
+        ec_server.assert_pool_free()
+    finally:
+        scheduler.shutdown()
+
+
+def test_server_killed_mid_transfer_fails_the_request_without_a_hang(ec_server: ServerProcess,
+                                                                      pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h = image_hash(6)
+    producer.save_caches({h: embedding(100, seed=6)}, h)
+    req = request("doomed", h, 100)
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the first window")
+    scheduler.update_state_after_alloc(req, 0)
+    ec_server.stop(signal.SIGKILL)  # after the first window, before the rest
+    cache: dict[str, torch.Tensor] = {}
+    out = step(scheduler, worker, cache)
+    assert cache[h].shape == (100, WIDTH)  # the step can run: the request is failed instead
+    assert out.ec_connector_worker_meta.failed_requests == ["doomed"]  # type: ignore[union-attr]
+    assert scheduler.take_unavailable_requests() == {"doomed"}
+    # The encoder's send ends too (it does not wait for a server that is gone).
+    wait_until(lambda: producer.producer.pending() == 0, "the producer's send ending")
+    assert producer.producer.counts.failed == 1
+    # A request that was still waiting gives up and encodes locally.
+    waiting = request("after", image_hash(7), 10)
+    wait_until(lambda: scheduler.ensure_cache_available(waiting, 0), "giving up on a dead server")
+    assert not scheduler.has_cache_item(image_hash(7))
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"kvferry_target": "nowhere"}, "kvferry_target"),
+    ({"kvferry_transport": "carrier-pigeon"}, "kvferry_transport"),
+    ({"kvferry_on_failure": "retry"}, "kvferry_on_failure"),
+    ({"kvferry_window": 4}, "unknown key"),
+    ({"kvferry_secret_file": "/nonexistent/secret"}, "kvferry_secret_file"),
+])
+def test_bad_settings_are_refused_with_the_key_to_fix(extra, says, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=says):
+        make(SCHEDULER, "ec_consumer", tiny_model, extra.pop("kvferry_target", "localhost:1"),
+             **extra)
