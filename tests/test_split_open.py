@@ -11,6 +11,7 @@ import pytest
 from kvferry.client import AsyncClient, TransferFailed
 from kvferry.client.errors import KvferryError
 from kvferry.v1 import transfer_pb2 as pb
+
 from kvserver import ServerProcess
 
 
