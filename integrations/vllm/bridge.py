@@ -27,6 +27,9 @@ class Bridge:
             return AsyncClient(target, token=token)
 
         self.client = self.run(make())
+        # Connect now, in the background: the first transfer should not pay for the TCP and
+        # HTTP/2 handshakes. A server that is not up yet only makes this fail quietly.
+        self.warm = self.submit(self.client.pool_info())
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -25,12 +25,15 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
 import torch
 
 from kvferry.client.errors import KvferryError, TransferFailed
+from kvferry.client.limits import TransportUnavailable
+from kvferry.client.shm import ShmPool
 from kvferry.integrations.vllm.bridge import Bridge
 from kvferry.integrations.vllm.config import ConnectorConfig
 from kvferry.integrations.vllm.wire import Header, HeaderError, transfer_id, transfer_secret
@@ -55,6 +58,7 @@ class Expected:
     reason: str = ""
     requests: set[str] = field(default_factory=set)
     task: concurrent.futures.Future[None] | None = None
+    final: pb.TransferStatus | None = None  # the status that found all rows in one window
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ class Load:
     incarnation: int
     request_id: str
     tokens: int  # the embedding rows the request's placeholders take
+    final: pb.TransferStatus | None = None
+    """The transfer's status once all its rows were in the pool in one window (SUCCESS): the
+    worker copies them out of a mapped pool with no call to the server at all."""
 
 
 class Arrivals:
@@ -97,6 +104,10 @@ class Arrivals:
                 ready = False
             elif e.state is Arrival.UNAVAILABLE and self.config.on_failure == "fail":
                 self.unavailable_requests.add(request_id)
+        if not ready:
+            # An engine with only deferred requests spins on this; let the bridge's thread take
+            # the GIL now (it handles the arrival) rather than after the 5 ms switch interval.
+            time.sleep(0)
         return ready
 
     def has(self, mm_hash: str) -> bool:
@@ -111,7 +122,7 @@ class Arrivals:
             return
         if e.state is Arrival.READY:
             del self.expected[mm_hash]
-            self.loads.append(Load(mm_hash, e.tid, e.incarnation, request_id, tokens))
+            self.loads.append(Load(mm_hash, e.tid, e.incarnation, request_id, tokens, e.final))
         elif e.state is Arrival.UNAVAILABLE:
             del self.expected[mm_hash]
             self.fallbacks += 1
@@ -164,6 +175,8 @@ class Arrivals:
                     attached = st.total_tokens > 0
                     if _arrived(st):
                         Header.decode(st.metadata)  # refuse what is not an embedding now
+                        if st.state == pb.TRANSFER_STATE_SUCCESS:
+                            e.final = st
                         e.state = Arrival.READY
                         return
             finally:
@@ -244,6 +257,8 @@ class Loader:
         self.expected = expected
         self.bridge = Bridge(config.target, config.token, "kvferry-vllm-worker")
         self.loaded = 0
+        self._pool: Any = None  # ShmPool or MappedPool; False: cannot be mapped here
+        self.bridge.submit(self._map_early())
 
     def load(self, loads: list[Load], encoder_cache: dict[str, torch.Tensor]) -> list[str]:
         """Fill ENCODER_CACHE with LOADS; the request ids whose embedding could not be taken in
@@ -252,10 +267,13 @@ class Loader:
         failed: list[str] = []
         for load in loads:
             if load.mm_hash in encoder_cache:  # encoded here meanwhile: the rows are not needed
-                self.bridge.run(self._drop(load, "the embedding was already in the encoder cache"))
+                self.bridge.submit(self._drop(load, "the embedding was already in the cache"))
                 continue
             try:
-                encoder_cache[load.mm_hash] = self.bridge.run(self._receive(load))
+                taken = self._from_mapped_pool(load) if load.final is not None else None
+                if taken is None:
+                    taken = self.bridge.run(self._receive(load))
+                encoder_cache[load.mm_hash] = taken
                 self.loaded += 1
             except (KvferryError, HeaderError, grpc.RpcError, OSError) as e:
                 why = e.reason if isinstance(e, TransferFailed) else str(e)
@@ -267,6 +285,54 @@ class Loader:
                                                           device=self.device)
                 failed.append(load.request_id)
         return failed
+
+    def _from_mapped_pool(self, load: Load) -> torch.Tensor | None:
+        """All rows of a finished transfer, copied straight out of the server's pool mapped into
+        this process (shared memory or CUDA IPC, same host); None where it cannot be mapped."""
+        st = load.final
+        assert st is not None
+        pool = self._mapped()
+        if pool is None:
+            return None
+        header = Header.decode(st.metadata)
+        self.check(header, load)
+        out = torch.empty((header.tokens, header.width), dtype=header.torch_dtype,
+                          device=self.device)
+        flat = out.view(torch.uint8).view(header.tokens, header.row_bytes)
+        at = 0
+        for view in pool.window(st):
+            part = torch.from_numpy(view) if isinstance(view, np.ndarray) else view
+            flat[at:at + len(part)].copy_(part)
+            at += len(part)
+        # The window is the receiver's until the Release, but a transfer failed meanwhile (its
+        # lease ran out) gives its blocks back, and then the copy may hold another's rows. A
+        # shared-memory pool says so itself; for a GPU pool the server is asked.
+        if isinstance(pool, ShmPool):
+            intact = pool.still_window(st)
+        else:
+            torch.cuda.synchronize(out.device)
+            now = self.bridge.run(self.bridge.client.poll(
+                load.tid, incarnation=load.incarnation,
+                secret=transfer_secret(self.config.secret, load.tid)))
+            intact = now.state == pb.TRANSFER_STATE_SUCCESS and now.window_epoch == st.window_epoch
+        if at != header.tokens or not intact:
+            raise TransferFailed(load.tid, "the window was given back while it was being copied")
+        self.bridge.submit(self._release(load))  # nothing needs to wait for it
+        return out
+
+    async def _map_early(self) -> None:
+        """Map the pool before the first load needs it (quietly: the server may not be up)."""
+        with contextlib.suppress(TransportUnavailable, KvferryError, grpc.RpcError, OSError):
+            self._pool = await self.bridge.client.map_pool()
+
+    def _mapped(self) -> Any:
+        """The server's pool mapped here (kept), or None when it cannot be from this process."""
+        if self._pool is None:
+            try:
+                self._pool = self.bridge.run(self.bridge.client.map_pool())
+            except TransportUnavailable:
+                self._pool = False
+        return self._pool or None
 
     def check(self, header: Header, load: Load) -> None:
         if header.tokens != load.tokens:
@@ -300,6 +366,11 @@ class Loader:
         if out is None:
             raise TransferFailed(load.tid, "the transfer ended with no window")
         return out
+
+    async def _release(self, load: Load) -> None:
+        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
+            await self.bridge.client.release(load.tid, incarnation=load.incarnation,
+                                             secret=transfer_secret(self.config.secret, load.tid))
 
     async def _drop(self, load: Load, reason: str) -> None:
         client = self.bridge.client

@@ -52,6 +52,26 @@ def test_windowed_embedding_arrives_in_the_encoder_cache(ec_server: ServerProces
     ec_server.assert_pool_free()
 
 
+def test_an_embedding_in_one_window_is_copied_out_of_the_mapped_pool(ec_server: ServerProcess,
+                                                                      pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h, emb = image_hash(8), embedding(16, seed=8)  # fits the 16-token window
+    producer.save_caches({h: emb}, h)
+    req = request("one", h, 16)
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
+    scheduler.update_state_after_alloc(req, 0)
+    cache: dict[str, torch.Tensor] = {}
+    step(scheduler, worker, cache)
+    assert torch.equal(cache[h], emb)
+    ec_server.assert_pool_free()  # released by the worker, in the background
+    # No Read and no second Watch: the worker took the rows from shared memory, on the status
+    # the scheduler had already seen.
+    def calls(method: str, kind: str) -> float:
+        return ec_server.metric("grpc_server_started_total", f'grpc_method="{method}",grpc_service='
+                                f'"kvferry.v1.TransferService",grpc_type="{kind}"')
+    assert calls("Read", "server_stream") == 0 and calls("Watch", "server_stream") == 1
+
+
 def test_a_repeated_image_is_sent_once(ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
     producer, scheduler, worker = pair
     h, emb = image_hash(2), embedding(20, seed=2)
