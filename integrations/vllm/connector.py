@@ -34,7 +34,7 @@ from vllm.distributed.ec_transfer.ec_connector.base import (
     ECConnectorWorkerMetadata,
 )
 
-from kvferry.integrations.vllm.config import ConnectorConfig
+from kvferry.integrations.vllm.config import ConfigError, ConnectorConfig
 from kvferry.integrations.vllm.consumer import Arrivals, Load, Loader
 from kvferry.integrations.vllm.producer import Producer
 
@@ -70,6 +70,7 @@ class KvferryECConnector(ECConnectorBase):
         ec = vllm_config.ec_transfer_config
         assert ec is not None  # the base class refused a config without it
         self.config = ConnectorConfig.from_extra(ec.ec_connector_extra_config)
+        _refuse_parallel(vllm_config)
         self.producer: Producer | None = None
         self.arrivals: Arrivals | None = None
         self.loader: Loader | None = None
@@ -143,6 +144,19 @@ class KvferryECConnector(ECConnectorBase):
             if part is not None:
                 part.close()
         self.producer = self.arrivals = self.loader = None
+
+
+def _refuse_parallel(vllm_config: VllmConfig) -> None:
+    """Every tensor- or pipeline-parallel worker runs its own worker-side connector: each would
+    send the same image, and each would take in (and one release) a transfer the others still
+    read. Until the ranks share one transfer, such an engine is refused at start, not broken."""
+    par = vllm_config.parallel_config
+    if par.tensor_parallel_size > 1 or par.pipeline_parallel_size > 1:
+        raise ConfigError(
+            f"KvferryECConnector runs with one worker per engine; this engine has "
+            f"tensor_parallel_size={par.tensor_parallel_size}, pipeline_parallel_size="
+            f"{par.pipeline_parallel_size}: use --tensor-parallel-size 1 --pipeline-parallel-size 1 "
+            f"on this instance, or data parallelism (one engine per GPU)")
 
 
 def _hashes_ahead(request: Request, num_computed_tokens: int) -> list[str]:

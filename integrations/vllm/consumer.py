@@ -103,7 +103,10 @@ class Arrivals:
             if e.state is Arrival.WAITING:
                 ready = False
             elif e.state is Arrival.UNAVAILABLE and self.config.on_failure == "fail":
+                # Held back until the scheduler fails it at the end of this step: scheduled,
+                # it would be encoded here first.
                 self.unavailable_requests.add(request_id)
+                ready = False
         if not ready:
             # An engine with only deferred requests spins on this; let the bridge's thread take
             # the GIL now (it handles the arrival) rather than after the 5 ms switch interval.
@@ -216,9 +219,9 @@ class Arrivals:
                                                   incarnation=e.incarnation), 5)
 
     def _drop(self, e: Expected, reason: str) -> None:
-        if e.state is Arrival.WAITING and e.task is not None and not e.task.done():
-            e.task.cancel()  # its CancelledError handler gives the opening back
-        else:
+        # Cancelling a task still on its way makes it give its opening back itself; one that
+        # has ended (cancel() says False) is given back here.
+        if e.task is None or not e.task.cancel():
             self.bridge.submit(self._give_back(e, reason))
 
     def close(self) -> None:
@@ -310,7 +313,8 @@ class Loader:
         if isinstance(pool, ShmPool):
             intact = pool.still_window(st)
         else:
-            torch.cuda.synchronize(out.device)
+            if out.is_cuda:
+                torch.cuda.synchronize(out.device)
             now = self.bridge.run(self.bridge.client.poll(
                 load.tid, incarnation=load.incarnation,
                 secret=transfer_secret(self.config.secret, load.tid)))
@@ -321,9 +325,14 @@ class Loader:
         return out
 
     async def _map_early(self) -> None:
-        """Map the pool before the first load needs it (quietly: the server may not be up)."""
-        with contextlib.suppress(TransportUnavailable, KvferryError, grpc.RpcError, OSError):
+        """Map the pool before the first load needs it (quietly: the server may not be up, and
+        then the first load tries again)."""
+        try:
             self._pool = await self.bridge.client.map_pool()
+        except TransportUnavailable:
+            self._pool = False  # another host, or a pool that cannot be mapped here: it stays so
+        except (KvferryError, grpc.RpcError, OSError):
+            pass
 
     def _mapped(self) -> Any:
         """The server's pool mapped here (kept), or None when it cannot be from this process."""

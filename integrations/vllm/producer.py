@@ -54,8 +54,9 @@ class Producer:
         if len(self.in_flight) >= self.config.max_sends_in_flight:
             self.counts.refused_full += 1
             self._complain("full", f"{len(self.in_flight)} sends are waiting for their consumer "
-                           "(kvferry_max_sends_in_flight): this one is not sent, the consumer "
-                           "encodes it itself; is the language engine up and using kvferry?")
+                           "(kvferry_max_sends_in_flight): this one is not sent (the language "
+                           "engine's kvferry_on_failure decides what it does without it); is the "
+                           "language engine up and using kvferry?")
             return None
         try:
             header = Header.of(embedding)
@@ -63,13 +64,22 @@ class Producer:
             self._complain("header", str(e))
             return None
         rows = embedding.detach().contiguous()
-        fut = self.bridge.submit(self._send(mm_hash, rows, header))
+        # A GPU output may still be being computed on the encoder's stream: the send waits for
+        # this point of that stream, on its own thread, so the encode step does not.
+        done = None
+        if rows.is_cuda:
+            done = torch.cuda.Event()
+            done.record()
+        fut = self.bridge.submit(self._send(mm_hash, rows, header, done))
         self.in_flight[mm_hash] = fut
         return fut
 
-    async def _send(self, mm_hash: str, rows: torch.Tensor, header: Header) -> None:
+    async def _send(self, mm_hash: str, rows: torch.Tensor, header: Header,
+                    computed: torch.cuda.Event | None) -> None:
         tid = transfer_id(self.config.transfer_id_prefix, mm_hash)
         client = self.bridge.client
+        if computed is not None:
+            await asyncio.get_running_loop().run_in_executor(None, computed.synchronize)
         try:
             info = await client.pool_info()
             if info.row_bytes != header.row_bytes:

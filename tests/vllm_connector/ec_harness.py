@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vllm.config import ECTransferConfig, ModelConfig, VllmConfig
+from vllm.config import ECTransferConfig, ModelConfig, ParallelConfig, VllmConfig
 from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase, ECConnectorRole
 from vllm.distributed.ec_transfer.ec_connector.factory import ECConnectorFactory
 from vllm.multimodal.inputs import MultiModalFeatureSpec, PlaceholderRange
@@ -21,10 +21,11 @@ SCHEDULER, WORKER = ECConnectorRole.SCHEDULER, ECConnectorRole.WORKER
 
 
 def make(role: ECConnectorRole, ec_role: str, model: Path, target: str,
-         **extra: Any) -> ECConnectorBase:
+         parallel: ParallelConfig | None = None, **extra: Any) -> ECConnectorBase:
     """The connector as an engine serving MODEL builds it (an EC producer needs a multimodal
     model in its config)."""
     config = VllmConfig(model_config=ModelConfig(model=str(model), dtype="float32"),
+                        parallel_config=parallel or ParallelConfig(),
                         ec_transfer_config=ECTransferConfig(
         ec_connector="KvferryECConnector", ec_connector_module_path="kvferry.integrations.vllm",
         ec_role=ec_role, ec_connector_extra_config={"kvferry_target": target, **extra}))

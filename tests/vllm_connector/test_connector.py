@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import WIDTH
 from ec_harness import SCHEDULER, WORKER, image_hash, make, request, step
+from vllm.config import ParallelConfig
 from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 
 from kvferry.integrations.vllm.config import ConfigError
@@ -106,8 +107,13 @@ def test_no_sender_falls_back_to_local_encoding(ec_server: ServerProcess, tiny_m
         scheduler.update_state_after_alloc(req, 0)
         assert scheduler.take_unavailable_requests() == set()
         other = request("strict", image_hash(4), 10)
-        wait_until(lambda: failing.ensure_cache_available(other, 0), "giving up on the sender")
-        assert failing.take_unavailable_requests() == {"strict"}
+
+        def failed() -> bool:
+            assert not failing.ensure_cache_available(other, 0)  # held back, never scheduled
+            return failing.take_unavailable_requests() == {"strict"}
+
+        wait_until(failed, "the request given up on, to be failed")
+        failing.request_finished(other)  # as vLLM's scheduler does when it fails it
         ec_server.assert_pool_free()
     finally:
         scheduler.shutdown()
@@ -161,3 +167,10 @@ def test_bad_settings_are_refused_with_the_key_to_fix(extra, says, tiny_model: P
     with pytest.raises(ConfigError, match=says):
         make(SCHEDULER, "ec_consumer", tiny_model, extra.pop("kvferry_target", "localhost:1"),
              **extra)
+
+
+@pytest.mark.parametrize("ec_role", ["ec_producer", "ec_consumer"])
+def test_a_tensor_parallel_engine_is_refused_at_start(ec_role: str, tiny_model: Path) -> None:
+    with pytest.raises(ConfigError, match="--tensor-parallel-size 1"):
+        make(WORKER, ec_role, tiny_model, "localhost:1",
+             parallel=ParallelConfig(tensor_parallel_size=2))

@@ -77,9 +77,15 @@ def test_language_engine_answers_as_a_single_engine_does(tiny_model: Path, tmp_p
         engines["file-producer"].generate(SEEDS, 1, limit)
         assert engines["file-consumer"].generate(SEEDS, MAX_TOKENS, limit) == single
 
-        # Two images, the repeated one sent once.
+        # Two images, the repeated one sent once, written straight into the pool (shared memory,
+        # one host): no row went through gRPC.
         assert srv.metric("kvferry_transfers_finished_total", 'outcome="success"') == 2
         assert srv.metric("kvferry_tokens_received_total") == 2 * NUM_QUERY_TOKENS
+        service = 'grpc_service="kvferry.v1.TransferService"'
+        assert srv.wait_metric("grpc_server_handled_total", f'grpc_code="OK",grpc_method="Attach",'
+                               f'{service},grpc_type="server_stream"', 2) == 2
+        assert srv.metric("grpc_server_msg_received_total",
+                          f'grpc_method="Push",{service},grpc_type="client_stream"') == 0
         srv.assert_pool_free()
 
         kv_prod, kv_cons = timings(tmp_path / "kv-producer.jsonl"), timings(tmp_path / "kv-consumer.jsonl")
