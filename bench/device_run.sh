@@ -14,7 +14,8 @@ done
 # older than our generated stubs need); torch and numpy stay the image's.
 SITE=/tmp/kvf-site
 "$PY" -m pip install -q --no-index --find-links .wheels --target "$SITE" grpcio \
-  grpcio-health-checking grpcio-reflection protobuf transitions prometheus-client pytest \
+  grpcio-health-checking grpcio-reflection protobuf googleapis-common-protos transitions \
+  prometheus-client pytest \
   pytest-timeout setuptools wheel typing-extensions 2>&1 | tail -3
 PYTHONPATH=$SITE "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
   --target "$SITE" . 2>&1 | tail -3
@@ -24,5 +25,6 @@ export PYTHONPATH=$SITE
   "$PY" -c "import sys, torch, grpc, google.protobuf as p; print(sys.version.split()[0], 'torch', torch.__version__, 'grpcio', grpc.__version__, 'protobuf', p.__version__)"
 } 2>&1 | tee "$OUT/device.txt"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_ipc_refusals.py \
+  tests/test_vllm_connector_cuda.py \
   2>&1 | tee "$OUT/pytest.txt" | tail -25
 "$PY" -m bench.gpu --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.txt" | tail -25
