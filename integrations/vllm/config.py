@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvferry.client.secrets import MIN_SECRET_CHARS
 from kvferry.client.transports import TRANSPORTS
 
 PREFIX = "kvferry_"
@@ -69,10 +70,15 @@ class ConnectorConfig:
         if on_failure not in ON_FAILURE:
             raise ConfigError(f"ec_connector_extra_config.kvferry_on_failure: {on_failure!r} is "
                               f"not one of {', '.join(ON_FAILURE)}")
+        secret = _read(extra, f"{PREFIX}secret_file")
+        if secret is not None and len(secret) < MIN_SECRET_CHARS:
+            raise ConfigError(f"ec_connector_extra_config.{PREFIX}secret_file: the secret is "
+                              f"{len(secret)} characters; use at least {MIN_SECRET_CHARS}, e.g. "
+                              "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return cls(
             target=target,
             token=_read(extra, f"{PREFIX}token_file"),
-            secret=_read(extra, f"{PREFIX}secret_file"),
+            secret=secret,
             window_tokens=_number(extra, f"{PREFIX}window_tokens", 0, int, minimum=0),
             transport=transport,
             sender_wait_s=_number(extra, f"{PREFIX}sender_wait_s", 10.0, float, minimum=0.0),

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WIDTH
+from conftest import ROW_BYTES, WIDTH
 from ec_harness import SCHEDULER, WORKER, image_hash, make, request, step
 from vllm.config import ParallelConfig
 from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 
 from kvferry.integrations.vllm.config import ConfigError
 
-from kvserver import ServerProcess, wait_until
+from kvserver import ServerProcess, start_server, wait_until
 
 
 @pytest.fixture
@@ -156,12 +156,52 @@ def test_server_killed_mid_transfer_fails_the_request_without_a_hang(ec_server: 
     assert not scheduler.has_cache_item(image_hash(7))
 
 
+def test_only_engines_holding_the_shared_secret_move_embeddings(tiny_model: Path,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("service-token-0123456789")
+    (tmp_path / "secret").write_text("shared-secret-of-both-engines-0123")
+    (tmp_path / "other").write_text("a-secret-the-encoder-does-not-hold")
+    srv = start_server(num_blocks=8, block_tokens=8, row_bytes=ROW_BYTES, default_window_tokens=16,
+                       auth_token_file=tmp_path / "token", require_transfer_secrets=True)
+    auth = {"kvferry_token_file": str(tmp_path / "token")}
+    parts = [make(WORKER, "ec_producer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "secret")),
+             make(SCHEDULER, "ec_consumer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "secret")),
+             make(WORKER, "ec_consumer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "secret")),
+             make(SCHEDULER, "ec_consumer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "other"), kvferry_sender_wait_s=30)]
+    producer, scheduler, worker, outsider = parts
+    try:
+        h, emb = image_hash(9), embedding(16, seed=9)
+        producer.save_caches({h: emb}, h)  # the sender waits, its claim on the id made
+        wait_until(lambda: srv.metric("kvferry_senders_waiting") == 1, "the sender's claim")
+        # A language engine without the secret: its Open is refused, so it encodes locally.
+        lost = request("outsider", h, 16)
+        wait_until(lambda: outsider.ensure_cache_available(lost, 0), "the outsider giving up")
+        assert not outsider.has_cache_item(h)
+        assert "PERMISSION_DENIED" in outsider.arrivals.expected[h].reason
+        req = request("insider", h, 16)
+        wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
+        scheduler.update_state_after_alloc(req, 0)
+        cache: dict[str, torch.Tensor] = {}
+        step(scheduler, worker, cache)
+        assert torch.equal(cache[h], emb)
+        srv.assert_pool_free()
+    finally:
+        for p in parts:
+            p.shutdown()
+        srv.stop()
+
+
 @pytest.mark.parametrize(("extra", "says"), [
     ({"kvferry_target": "nowhere"}, "kvferry_target"),
     ({"kvferry_transport": "carrier-pigeon"}, "kvferry_transport"),
     ({"kvferry_on_failure": "retry"}, "kvferry_on_failure"),
     ({"kvferry_window": 4}, "unknown key"),
     ({"kvferry_secret_file": "/nonexistent/secret"}, "kvferry_secret_file"),
+    ({"kvferry_sender_wait_s": "soon"}, "kvferry_sender_wait_s"),
 ])
 def test_bad_settings_are_refused_with_the_key_to_fix(extra, says, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=says):
