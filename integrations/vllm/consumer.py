@@ -10,9 +10,10 @@ delivered all of it, or filled the first window of one longer than the window. N
 (``fail``). Everything the scheduler opened and no request took is aborted and released when its
 requests finish, so an aborted request leaves nothing held.
 
-Worker (``Loader``): for each ready image the scheduler hands over, receive the rows window by
-window straight into one tensor on the worker's device, release the transfer, and put the tensor
-in vLLM's encoder cache.
+Worker (``Loader``): for each ready image the scheduler hands over, copy the rows into one
+tensor on the worker's device, release the transfer, and put the tensor in vLLM's encoder cache:
+straight out of the server's pool mapped here when all rows arrived in one window, else window
+by window as they come.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Arrival(enum.Enum):
 class Expected:
     mm_hash: str
     tid: str
-    opened_at: float
+    asked_at: float  # when a request first needed it: the wait for a sender counts from here
     state: Arrival = Arrival.WAITING
     incarnation: int = 0
     reason: str = ""
@@ -126,10 +127,9 @@ class Arrivals:
         if e.state is Arrival.READY:
             del self.expected[mm_hash]
             self.loads.append(Load(mm_hash, e.tid, e.incarnation, request_id, tokens, e.final))
-        elif e.state is Arrival.UNAVAILABLE:
+        elif e.state is Arrival.UNAVAILABLE:  # the engine encodes it (logged when it gave up)
             del self.expected[mm_hash]
             self.fallbacks += 1
-            log.warning("kvferry: encoding %s locally: %s", mm_hash, e.reason)
 
     def take_loads(self, freed: list[str]) -> list[Load]:
         for h in freed:
@@ -170,7 +170,7 @@ class Arrivals:
                 while True:
                     # The wait for a sender is bounded here; once one is attached, the transfer's
                     # own stall timeout bounds the rest.
-                    left = e.opened_at + self.config.sender_wait_s - time.monotonic()
+                    left = e.asked_at + self.config.sender_wait_s - time.monotonic()
                     nxt = statuses.__anext__()
                     st = await (nxt if attached else asyncio.wait_for(nxt, max(left, 0.0)))
                     if st.state == pb.TRANSFER_STATE_FAILED:
@@ -201,6 +201,9 @@ class Arrivals:
             raise
 
     async def _unavailable(self, e: Expected, reason: str) -> None:
+        then = ("the engine encodes it itself" if self.config.on_failure == "encode"
+                else "its requests fail (kvferry_on_failure=fail)")
+        log.warning("kvferry: the embedding of %s will not arrive: %s; %s", e.mm_hash, reason, then)
         e.reason = reason
         e.state = Arrival.UNAVAILABLE
         await self._give_back(e, reason)
