@@ -168,15 +168,17 @@ class AsyncClient:
         """The transfer's status now, then at every change, ending after a terminal state."""
         call = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation),
                                metadata=self._md + receiver_metadata(secret))
-        try:
-            async for st in call:
+
+        async def statuses() -> AsyncGenerator[pb.TransferStatus, None]:
+            try:
+                async for st in call:
+                    yield st
+            finally:
+                call.cancel()
+
+        async with contextlib.aclosing(_typed_stream(statuses(), transfer_id)) as stream:
+            async for st in stream:
                 yield st
-        except KvferryError:
-            raise
-        except grpc.RpcError as e:
-            raise typed(e, transfer_id) from e
-        finally:
-            call.cancel()
 
     async def _poll(self, transfer_id: str, md: tuple[tuple[str, str], ...],
                     incarnation: int = 0) -> pb.TransferStatus:
@@ -405,15 +407,9 @@ class AsyncClient:
                                 wait_open=wait_open, check_metadata=check_metadata,
                                 transport=transport, views=views, secret=secret,
                                 incarnation=incarnation)
-        try:
-            async for window in windows:
+        async with contextlib.aclosing(_typed_stream(windows, transfer_id)) as stream:
+            async for window in stream:
                 yield window
-        except KvferryError:
-            raise
-        except grpc.RpcError as e:
-            raise typed(e, transfer_id) from e
-        finally:
-            await windows.aclose()
 
     async def _receive(self, transfer_id: str, window_tokens: int = 0, *, open: bool = True,
                       release: bool = True, wait_open: float = 30.0,
@@ -522,6 +518,20 @@ class AsyncClient:
                 if e.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(0.02)
+
+
+async def _typed_stream(items: AsyncGenerator[T, None], transfer_id: str) -> AsyncGenerator[T, None]:
+    """ITEMS, with a gRPC error turned into its typed KvferryError, and ITEMS closed however the
+    consumer stops."""
+    try:
+        async for item in items:
+            yield item
+    except KvferryError:
+        raise
+    except grpc.RpcError as e:
+        raise typed(e, transfer_id) from e
+    finally:
+        await items.aclose()
 
 
 async def _ended(transfer_id: str, grants: Any, error: grpc.aio.AioRpcError) -> Exception:

@@ -162,8 +162,7 @@ class Arrivals:
         client = self.bridge.client
         secret = transfer_secret(self.config.secret, e.tid)
         try:
-            e.incarnation = (await client.open(e.tid, self.config.window_tokens,
-                                               secret=secret)).incarnation
+            await self._open(e, secret)
             statuses = client.watch(e.tid, secret=secret, incarnation=e.incarnation)
             attached = False
             try:
@@ -198,6 +197,19 @@ class Arrivals:
         except asyncio.CancelledError:
             # Its requests ended while it was on its way: give back what was opened.
             await self._give_back(e, "no request waits for this embedding any more")
+            raise
+
+    async def _open(self, e: Expected, secret: str | None) -> None:
+        """Open E's transfer. Cancelled meanwhile (its request ended), this still learns which
+        opening the server made, so that it can be given back rather than held until the
+        server's bootstrap timeout."""
+        call = asyncio.ensure_future(self.bridge.client.open(e.tid, self.config.window_tokens,
+                                                             secret=secret))
+        try:
+            e.incarnation = (await asyncio.shield(call)).incarnation
+        except asyncio.CancelledError:
+            with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
+                e.incarnation = (await asyncio.wait_for(call, 5)).incarnation
             raise
 
     async def _unavailable(self, e: Expected, reason: str) -> None:

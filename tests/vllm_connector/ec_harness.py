@@ -17,6 +17,8 @@ from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.outputs import ECConnectorOutput
 from vllm.v1.request import Request
 
+from kvserver import wait_until
+
 SCHEDULER, WORKER = ECConnectorRole.SCHEDULER, ECConnectorRole.WORKER
 
 
@@ -59,3 +61,14 @@ def step(scheduler: ECConnectorBase, worker: ECConnectorBase, cache: dict[str, t
         worker.clear_connector_metadata()
     scheduler.update_connector_output(result)
     return result
+
+
+def deliver(scheduler: ECConnectorBase, worker: ECConnectorBase,
+            req: Request) -> tuple[dict[str, torch.Tensor], ECConnectorOutput]:
+    """REQ's one image, once it arrived, allocated and taken in as vLLM does it: the encoder
+    cache after that step, and the step's connector output."""
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
+    assert scheduler.has_cache_item(req.mm_features[0].identifier)
+    scheduler.update_state_after_alloc(req, 0)
+    cache: dict[str, torch.Tensor] = {}
+    return cache, step(scheduler, worker, cache)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROW_BYTES, WIDTH
-from ec_harness import SCHEDULER, WORKER, image_hash, make, request, step
+from ec_harness import SCHEDULER, WORKER, deliver, image_hash, make, request, step
 from vllm.config import ParallelConfig
 from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 
@@ -40,11 +40,7 @@ def test_windowed_embedding_arrives_in_the_encoder_cache(ec_server: ServerProces
     h, emb = image_hash(1), embedding(100, seed=1)  # 100 rows through 16-token windows
     producer.save_caches({h: emb}, h)
     req = request("r1", h, 100)
-    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
-    assert scheduler.has_cache_item(h)
-    scheduler.update_state_after_alloc(req, 0)
-    cache: dict[str, torch.Tensor] = {}
-    out = step(scheduler, worker, cache)
+    cache, out = deliver(scheduler, worker, req)
     assert out.ec_connector_worker_meta is None  # nothing failed
     assert torch.equal(cache[h], emb)
     assert ec_server.metric("kvferry_resumes_total") == 6  # 7 windows
@@ -58,11 +54,7 @@ def test_an_embedding_in_one_window_is_copied_out_of_the_mapped_pool(ec_server: 
     producer, scheduler, worker = pair
     h, emb = image_hash(8), embedding(16, seed=8)  # fits the 16-token window
     producer.save_caches({h: emb}, h)
-    req = request("one", h, 16)
-    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
-    scheduler.update_state_after_alloc(req, 0)
-    cache: dict[str, torch.Tensor] = {}
-    step(scheduler, worker, cache)
+    cache, _ = deliver(scheduler, worker, request("one", h, 16))
     assert torch.equal(cache[h], emb)
     ec_server.assert_pool_free()  # released by the worker, in the background
     # No Read and no second Watch: the worker took the rows from shared memory, on the status
@@ -79,10 +71,7 @@ def test_a_repeated_image_is_sent_once(ec_server: ServerProcess, pair) -> None: 
     producer.save_caches({h: emb}, h)
     producer.save_caches({h: emb.clone()}, h)  # the same image in another request
     first, second = request("a", h, 20), request("b", h, 20)
-    wait_until(lambda: scheduler.ensure_cache_available(first, 0), "the embedding arriving")
-    scheduler.update_state_after_alloc(first, 0)
-    cache: dict[str, torch.Tensor] = {}
-    step(scheduler, worker, cache)
+    cache, _ = deliver(scheduler, worker, first)
     assert torch.equal(cache[h], emb)
     # The second request finds it in the engine's encoder cache: nothing is opened for it.
     assert scheduler.ensure_cache_available(second, 0)
@@ -120,14 +109,21 @@ def test_no_sender_falls_back_to_local_encoding(ec_server: ServerProcess, tiny_m
         failing.shutdown()
 
 
+@pytest.mark.parametrize("ends", ["after the Open", "at once"])
 def test_a_request_that_ends_while_waiting_leaves_nothing_held(ec_server: ServerProcess,
-                                                               tiny_model: Path) -> None:
-    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=60)
+                                                               tiny_model: Path, ends: str) -> None:
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target,
+                     kvferry_sender_wait_s=60)
     try:
         req = request("gone", image_hash(5), 10)
         assert not scheduler.ensure_cache_available(req, 0)
-        wait_until(lambda: ec_server.pool_info().transfers == 1, "the Open")
+        if ends == "after the Open":
+            wait_until(lambda: ec_server.pool_info().transfers == 1, "the Open")
+        # "at once": the Open may still be on its way; it is given back all the same.
         assert scheduler.request_finished(req) == (False, None)
+        assert ec_server.wait_metric("grpc_server_handled_total", 'grpc_code="OK",grpc_method='
+                                     '"Release",grpc_service="kvferry.v1.TransferService",'
+                                     'grpc_type="unary"', 1) == 1
         ec_server.assert_pool_free()
     finally:
         scheduler.shutdown()
@@ -182,11 +178,7 @@ def test_only_engines_holding_the_shared_secret_move_embeddings(tiny_model: Path
         wait_until(lambda: outsider.ensure_cache_available(lost, 0), "the outsider giving up")
         assert not outsider.has_cache_item(h)
         assert "PERMISSION_DENIED" in outsider.arrivals.expected[h].reason
-        req = request("insider", h, 16)
-        wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the embedding arriving")
-        scheduler.update_state_after_alloc(req, 0)
-        cache: dict[str, torch.Tensor] = {}
-        step(scheduler, worker, cache)
+        cache, _ = deliver(scheduler, worker, request("insider", h, 16))
         assert torch.equal(cache[h], emb)
         srv.assert_pool_free()
     finally:
