@@ -73,9 +73,10 @@ def test_a_repeated_image_is_sent_once(ec_server: ServerProcess, pair) -> None: 
     first, second = request("a", h, 20), request("b", h, 20)
     cache, _ = deliver(scheduler, worker, first)
     assert torch.equal(cache[h], emb)
+    assert producer.producer.counts.skipped_repeats == 1 and producer.producer.counts.sent == 1
     # The second request finds it in the engine's encoder cache: nothing is opened for it.
     assert scheduler.ensure_cache_available(second, 0)
-    assert ec_server.pool_info().transfers == 0
+    ec_server.assert_pool_free()
     ec_server.wait_metric("kvferry_transfers_finished_total", 'outcome="success"', 1)
     assert ec_server.metric("kvferry_transfers_finished_total", 'outcome="success"') == 1
     assert ec_server.metric("grpc_server_started_total", 'grpc_method="Open",grpc_service='

@@ -56,8 +56,9 @@ def build(folder: Path, seed: int = 0) -> Path:
         image_token_index=vocab["<image>"],
     )
     model = Blip2ForConditionalGeneration(config).to(torch.float32)
-    # Random weights this small make near-uniform logits: widen them so greedy decoding picks
-    # tokens that depend on the image (an embedding that arrived wrong changes the answer).
+    # Larger weights than the default init, so that greedy decoding follows the image strongly
+    # (the end-to-end test checks that two images get different answers: an embedding that
+    # arrived wrong would change the answer).
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(8.0)
