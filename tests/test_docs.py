@@ -71,3 +71,10 @@ def test_readme_epd_snippet_runs_as_written(tmp_path: Path) -> None:
         assert "ok: 6000 tokens in two windows, aux [6000, -3]" in r.stdout
     finally:
         assert srv.stop() == 0
+
+
+def test_vllm_doc_lists_every_connector_setting() -> None:
+    from kvferry.integrations.vllm.config import KEYS
+
+    documented = re.findall(r"^\| `(kvferry_\w+)` \|", (ROOT / "docs/vllm.md").read_text(), re.M)
+    assert sorted(documented) == sorted(KEYS)

@@ -15,6 +15,10 @@ from kvferry.client.secrets import MIN_SECRET_CHARS
 from kvferry.client.transports import TRANSPORTS
 
 PREFIX = "kvferry_"
+# Every key the connector reads (docs/vllm.md lists each; a test holds the two together).
+KEYS = tuple(PREFIX + k for k in ("target", "token_file", "secret_file", "window_tokens",
+                                  "transport", "sender_wait_s", "on_failure",
+                                  "transfer_id_prefix", "max_sends_in_flight"))
 ON_FAILURE = ("encode", "fail")
 
 
@@ -35,9 +39,12 @@ class ConnectorConfig:
     """Rows per window on the consumer; 0: the server's default window."""
     transport: str = "auto"
     """How the producer's rows reach the pool (kvferry.client.transports)."""
-    sender_wait_s: float = 10.0
+    sender_wait_s: float = 2.0
     """Consumer: how long a request waits for an encoder to send one of its images before the
-    consumer stops waiting (then ``on_failure`` decides)."""
+    consumer stops waiting (then ``on_failure`` decides). Short: a proxy forwards a request to
+    the language engine after the encoder answered it, and the encoder's send starts before that
+    answer, so the sender is normally waiting already; a miss (an image this engine evicted and
+    the encoder did not send again) costs this much."""
     on_failure: str = "encode"
     """Consumer, when an embedding cannot arrive: ``encode`` it locally (the engine has the
     encoder), or ``fail`` the request (vLLM reports it as an error; re-issuing re-encodes)."""
@@ -50,23 +57,19 @@ class ConnectorConfig:
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> ConnectorConfig:
-        known = {f"{PREFIX}target", f"{PREFIX}token_file", f"{PREFIX}secret_file",
-                 f"{PREFIX}window_tokens", f"{PREFIX}transport", f"{PREFIX}sender_wait_s",
-                 f"{PREFIX}on_failure", f"{PREFIX}transfer_id_prefix",
-                 f"{PREFIX}max_sends_in_flight"}
-        unknown = sorted(k for k in extra if k.startswith(PREFIX) and k not in known)
+        unknown = sorted(k for k in extra if k.startswith(PREFIX) and k not in KEYS)
         if unknown:
             raise ConfigError(f"ec_connector_extra_config: unknown key(s) {', '.join(unknown)}; "
-                              f"the kvferry keys are {', '.join(sorted(known))}")
+                              f"the kvferry keys are {', '.join(KEYS)}")
         target = extra.get(f"{PREFIX}target")
         if not isinstance(target, str) or ":" not in target:
             raise ConfigError("ec_connector_extra_config.kvferry_target: give the kvferry "
                               f"server as \"host:port\" (got {target!r})")
-        transport = str(extra.get(f"{PREFIX}transport", "auto"))
+        transport = str(extra.get(f"{PREFIX}transport", cls.transport))
         if transport not in TRANSPORTS:
             raise ConfigError(f"ec_connector_extra_config.kvferry_transport: {transport!r} is not "
                               f"one of {', '.join(TRANSPORTS)}")
-        on_failure = str(extra.get(f"{PREFIX}on_failure", "encode"))
+        on_failure = str(extra.get(f"{PREFIX}on_failure", cls.on_failure))
         if on_failure not in ON_FAILURE:
             raise ConfigError(f"ec_connector_extra_config.kvferry_on_failure: {on_failure!r} is "
                               f"not one of {', '.join(ON_FAILURE)}")
@@ -79,12 +82,14 @@ class ConnectorConfig:
             target=target,
             token=_read(extra, f"{PREFIX}token_file"),
             secret=secret,
-            window_tokens=_number(extra, f"{PREFIX}window_tokens", 0, int, minimum=0),
+            window_tokens=_number(extra, f"{PREFIX}window_tokens", cls.window_tokens, int, minimum=0),
             transport=transport,
-            sender_wait_s=_number(extra, f"{PREFIX}sender_wait_s", 10.0, float, minimum=0.0),
+            sender_wait_s=_number(extra, f"{PREFIX}sender_wait_s", cls.sender_wait_s, float,
+                                  minimum=0.0),
             on_failure=on_failure,
-            transfer_id_prefix=str(extra.get(f"{PREFIX}transfer_id_prefix", "ec-")),
-            max_sends_in_flight=_number(extra, f"{PREFIX}max_sends_in_flight", 64, int, minimum=1),
+            transfer_id_prefix=str(extra.get(f"{PREFIX}transfer_id_prefix", cls.transfer_id_prefix)),
+            max_sends_in_flight=_number(extra, f"{PREFIX}max_sends_in_flight",
+                                        cls.max_sends_in_flight, int, minimum=1),
         )
 
 
