@@ -42,14 +42,14 @@ def calls(srv: ServerProcess, method: str) -> float:
 def test_a_gpu_embedding_lands_in_a_gpu_encoder_cache(gpu_server: ServerProcess,
                                                       tokens: int) -> None:
     config = ConnectorConfig(target=gpu_server.target, sender_wait_s=60)
-    producer, arrivals = Producer(config), Arrivals(config)
+    producer, arrivals = Producer(config), Arrivals(config, torch.bfloat16)
     loader = Loader(config, torch.device("cuda:0"), (WIDTH, torch.bfloat16))
     watches = calls(gpu_server, "Watch")
     try:
         emb = torch.randn((tokens, WIDTH), device="cuda:0", dtype=torch.bfloat16)
         h = f"gpu-{tokens}-{time.monotonic_ns()}"
         producer.save(emb * 1, h)  # a fresh output, maybe still being computed
-        wait_until(lambda: arrivals.ensure("r", [h]), "the embedding arriving", within=60)
+        wait_until(lambda: arrivals.ensure("r", [(h, tokens)]), "the embedding arriving", within=60)
         arrivals.allocated("r", h, tokens)
         loads = arrivals.take_loads([])
         assert (loads[0].final is not None) == (tokens <= 64)

@@ -79,9 +79,10 @@ class KvferryECConnector(ECConnectorBase):
             if self.is_producer:
                 self.producer = Producer(self.config)
             if self.is_consumer:
-                self.loader = Loader(self.config, _worker_device(), _expected_rows(vllm_config))
+                self.loader = Loader(self.config, _worker_device(), _model_rows(vllm_config))
         elif self.is_consumer:
-            self.arrivals = Arrivals(self.config)
+            rows = _model_rows(vllm_config)
+            self.arrivals = Arrivals(self.config, rows[1] if rows else None)
         log.info("kvferry EC connector: %s, %s, server %s", role.name.lower(),
                  "producer" if self.is_producer else "consumer", self.config.target)
 
@@ -111,7 +112,7 @@ class KvferryECConnector(ECConnectorBase):
     def ensure_cache_available(self, request: Request, num_computed_tokens: int) -> bool:
         if self.arrivals is None:
             return True
-        return self.arrivals.ensure(request.request_id, _hashes_ahead(request, num_computed_tokens))
+        return self.arrivals.ensure(request.request_id, _items_ahead(request, num_computed_tokens))
 
     def has_cache_item(self, identifier: str) -> bool:
         return self.arrivals is not None and self.arrivals.has(identifier)
@@ -159,9 +160,10 @@ def _refuse_parallel(vllm_config: VllmConfig) -> None:
             f"on this instance, or data parallelism (one engine per GPU)")
 
 
-def _hashes_ahead(request: Request, num_computed_tokens: int) -> list[str]:
-    """The request's items whose placeholders are not all computed yet."""
-    return [f.identifier for f in request.mm_features
+def _items_ahead(request: Request, num_computed_tokens: int) -> list[tuple[str, int]]:
+    """The request's items whose placeholders are not all computed yet: (content hash, rows)."""
+    return [(f.identifier, request.get_num_encoder_embeds(i))
+            for i, f in enumerate(request.mm_features)
             if f.mm_position.offset + f.mm_position.length > num_computed_tokens]
 
 
@@ -173,8 +175,8 @@ def _worker_device() -> torch.device:
     return torch.device(current_platform.device_type)
 
 
-def _expected_rows(vllm_config: VllmConfig) -> tuple[int, torch.dtype] | None:
-    """This model's embedding width and dtype, when the engine has a model."""
+def _model_rows(vllm_config: VllmConfig) -> tuple[int, torch.dtype] | None:
+    """This model's hidden size and dtype, when the engine has a model."""
     model = vllm_config.model_config
     if model is None:
         return None

@@ -37,7 +37,13 @@ from kvferry.client.limits import TransportUnavailable
 from kvferry.client.shm import ShmPool
 from kvferry.integrations.vllm.bridge import Bridge
 from kvferry.integrations.vllm.config import ConnectorConfig
-from kvferry.integrations.vllm.wire import Header, HeaderError, transfer_id, transfer_secret
+from kvferry.integrations.vllm.wire import (
+    Header,
+    HeaderError,
+    check_header,
+    transfer_id,
+    transfer_secret,
+)
 from kvferry.v1 import transfer_pb2 as pb
 
 log = logging.getLogger("kvferry.integrations.vllm")
@@ -53,6 +59,7 @@ class Arrival(enum.Enum):
 class Expected:
     mm_hash: str
     tid: str
+    tokens: int  # the embedding rows its requests' placeholders take
     asked_at: float  # when a request first needed it: the wait for a sender counts from here
     state: Arrival = Arrival.WAITING
     incarnation: int = 0
@@ -78,8 +85,10 @@ class Load:
 class Arrivals:
     """Scheduler side: which images are on their way, and which have arrived."""
 
-    def __init__(self, config: ConnectorConfig) -> None:
+    def __init__(self, config: ConnectorConfig, dtype: torch.dtype | None) -> None:
+        """DTYPE: the model's, when the engine has one: an embedding of another is refused."""
         self.config = config
+        self.dtype = dtype
         self.bridge = Bridge(config.target, config.token, "kvferry-vllm-scheduler")
         self.expected: dict[str, Expected] = {}
         self.resident: set[str] = set()  # in this engine's encoder cache (loaded or encoded)
@@ -89,16 +98,17 @@ class Arrivals:
 
     # -- what vLLM's scheduler asks ------------------------------------------------------------
 
-    def ensure(self, request_id: str, mm_hashes: list[str]) -> bool:
-        """Open what REQUEST_ID needs and has not asked for; True once none is still coming."""
+    def ensure(self, request_id: str, items: list[tuple[str, int]]) -> bool:
+        """Open what REQUEST_ID needs (ITEMS: content hash, embedding rows) and has not asked
+        for; True once none is still coming."""
         ready = True
-        for h in mm_hashes:
+        for h, tokens in items:
             if h in self.resident:
                 continue
             e = self.expected.get(h)
             if e is None:
                 e = self.expected[h] = Expected(h, transfer_id(self.config.transfer_id_prefix, h),
-                                                time.monotonic())
+                                                tokens, time.monotonic())
                 e.task = self.bridge.submit(self._arrive(e))
             e.requests.add(request_id)
             if e.state is Arrival.WAITING:
@@ -176,7 +186,8 @@ class Arrivals:
                         raise TransferFailed(e.tid, st.failure_reason, st)
                     attached = st.total_tokens > 0
                     if _arrived(st):
-                        Header.decode(st.metadata)  # refuse what is not an embedding now
+                        # Refuse now what the request cannot take, while it can still be encoded.
+                        check_header(Header.decode(st.metadata), e.tokens, self.dtype)
                         if st.state == pb.TRANSFER_STATE_SUCCESS:
                             e.final = st
                         e.state = Arrival.READY
@@ -268,11 +279,12 @@ class Loader:
     """Worker side: receive ready embeddings into the encoder cache."""
 
     def __init__(self, config: ConnectorConfig, device: torch.device,
-                 expected: tuple[int, torch.dtype] | None) -> None:
-        """EXPECTED: this model's embedding (width, dtype), when the engine knows it."""
+                 model: tuple[int, torch.dtype] | None) -> None:
+        """MODEL: this model's hidden size and dtype, when the engine has one (an embedding of
+        another dtype is refused; a placeholder for a broken-off one takes that shape)."""
         self.config = config
         self.device = device
-        self.expected = expected
+        self.model = model
         self.bridge = Bridge(config.target, config.token, "kvferry-vllm-worker")
         self.loaded = 0
         self._pool: Any = None  # ShmPool or MappedPool; False: cannot be mapped here
@@ -298,7 +310,7 @@ class Loader:
                 log.error("kvferry: the embedding of %s (transfer %s) broke off while it was being "
                           "taken in: %s; request %s fails", load.mm_hash, load.tid, why,
                           load.request_id)
-                width, dtype = self.expected or (1, torch.float32)
+                width, dtype = self.model or (1, torch.float32)
                 encoder_cache[load.mm_hash] = torch.zeros((load.tokens, width), dtype=dtype,
                                                           device=self.device)
                 failed.append(load.request_id)
@@ -359,15 +371,7 @@ class Loader:
         return self._pool or None
 
     def check(self, header: Header, load: Load) -> None:
-        if header.tokens != load.tokens:
-            raise HeaderError(f"the encoder sent {header.tokens} embedding rows but the request "
-                              f"has {load.tokens} placeholders: do both engines run the same "
-                              "model and processor settings?")
-        if self.expected is not None and (header.width, header.torch_dtype) != self.expected:
-            width, dtype = self.expected
-            raise HeaderError(f"the encoder sent {header.width} x {header.dtype} rows but this "
-                              f"model takes {width} x {dtype}: do both engines run the same "
-                              "model and --dtype?")
+        check_header(header, load.tokens, self.model[1] if self.model else None)
 
     async def _receive(self, load: Load) -> torch.Tensor:
         client = self.bridge.client

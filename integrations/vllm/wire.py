@@ -78,3 +78,16 @@ class Header:
         if header.dtype not in DTYPES or header.tokens <= 0 or header.width <= 0:
             raise HeaderError(f"the embedding header {d} names no usable dtype and shape")
         return header
+
+
+def check_header(header: Header, tokens: int, dtype: torch.dtype | None) -> None:
+    """Refuse an embedding that is not what the request takes: another number of rows (another
+    model or processor settings), or another dtype. The width is not checked: an encoder may emit
+    rows wider than the model's hidden size (DeepStack), which only the model knows."""
+    if header.tokens != tokens:
+        raise HeaderError(f"the encoder sent {header.tokens} embedding rows but the request has "
+                          f"{tokens} placeholders: do both engines run the same model and "
+                          "processor settings?")
+    if dtype is not None and header.torch_dtype != dtype:
+        raise HeaderError(f"the encoder sent {header.dtype} rows but this model runs in {dtype}: "
+                          "do both engines run the same --dtype?")

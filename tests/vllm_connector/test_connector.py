@@ -14,6 +14,7 @@ from ec_harness import SCHEDULER, WORKER, deliver, image_hash, make, request, st
 from vllm.config import ParallelConfig
 from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 
+from kvferry.client import Client
 from kvferry.integrations.vllm.config import ConfigError
 
 from kvserver import ServerProcess, start_server, wait_until
@@ -186,6 +187,41 @@ def test_only_engines_holding_the_shared_secret_move_embeddings(tiny_model: Path
         for p in parts:
             p.shutdown()
         srv.stop()
+
+
+@pytest.mark.parametrize(("sent", "says"), [
+    (torch.zeros((20, WIDTH)), "placeholders"),                  # another number of rows
+    (torch.zeros((16, 2 * WIDTH), dtype=torch.float16), "--dtype"),  # another dtype, same bytes
+])
+def test_an_embedding_the_request_cannot_take_is_refused_before_scheduling(
+        ec_server: ServerProcess, pair, sent: torch.Tensor, says: str) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, _ = pair
+    h = image_hash(10)
+    producer.save_caches({h: sent}, h)
+    req = request("mismatch", h, 16)  # the language model takes 16 float32 rows
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the refusal")
+    assert not scheduler.has_cache_item(h)  # vLLM encodes it itself
+    assert says in scheduler.arrivals.expected[h].reason
+    ec_server.assert_pool_free()
+
+
+def test_an_encoder_that_shuts_down_mid_transfer_says_so(ec_server: ServerProcess,
+                                                         pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h = image_hash(11)
+    producer.save_caches({h: embedding(100, seed=11)}, h)  # 7 windows: it waits after the first
+    req = request("orphan", h, 100)
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the first window")
+    scheduler.update_state_after_alloc(req, 0)
+    producer.shutdown()
+    cache: dict[str, torch.Tensor] = {}
+    out = step(scheduler, worker, cache)
+    assert out.ec_connector_worker_meta.failed_requests == ["orphan"]  # type: ignore[union-attr]
+    assert scheduler.take_unavailable_requests() == {"orphan"}
+    with Client(ec_server.target) as c:
+        reasons = [f.status.failure_reason for f in c.stats().recent_failures]
+    assert any("encoder engine shut down" in r for r in reasons), reasons
+    ec_server.assert_pool_free()
 
 
 @pytest.mark.parametrize(("extra", "says"), [
