@@ -46,7 +46,8 @@ class Bridge:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()
-            await asyncio.wait(tasks, timeout=grace) if tasks else None
+            if tasks:
+                await asyncio.wait(tasks, timeout=grace)
             await self.client.close()
 
         try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from kvferry.client.errors import KvferryError, TransferFailed
+from kvferry.client.limits import TransportUnavailable
 from kvferry.integrations.vllm.bridge import Bridge
 from kvferry.integrations.vllm.config import ConnectorConfig
 from kvferry.integrations.vllm.wire import Header, HeaderError, transfer_id, transfer_secret
@@ -98,10 +99,10 @@ class Producer:
                                                     secret=transfer_secret(self.config.secret, tid)),
                                        2.0)
             raise
-        except (KvferryError, HeaderError, OSError) as e:
+        except (KvferryError, HeaderError, TransportUnavailable, OSError) as e:
             self.counts.failed += 1
-            if isinstance(e, HeaderError):
-                self._complain("row_bytes", str(e))
+            if isinstance(e, (HeaderError, TransportUnavailable)):
+                self._complain(type(e).__name__, str(e))  # a setting to fix: said once
             else:
                 what = e.reason if isinstance(e, TransferFailed) else str(e)
                 log.warning("kvferry: the embedding of %s was not delivered (transfer %s): %s",
