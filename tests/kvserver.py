@@ -11,7 +11,8 @@ import grpc
 
 from kvferry.testing import ServerProcess, launch
 
-__all__ = ["SEED_FLAGS", "ServerProcess", "async_wait_until", "start_server", "wait_until"]
+__all__ = ["SEED_FLAGS", "ServerProcess", "async_wait_until", "start_server", "wait_sent",
+           "wait_until"]
 
 SEED_FLAGS = {
     "num_blocks": 32, "block_tokens": 8, "row_bytes": 64, "default_window_tokens": 64,
@@ -57,3 +58,11 @@ async def async_wait_until(ready: Callable[[], Awaitable[object]], what: str, wi
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {within}s (last error: {last!r})")
         await asyncio.sleep(0.01)
+
+
+async def wait_sent(client: Any, transfer_id: str, tokens: int, what: str) -> None:
+    """Until the transfer has at least TOKENS delivered (as CLIENT polls it)."""
+    async def delivered() -> bool:
+        return bool((await client.poll(transfer_id)).sent_tokens >= tokens)
+
+    await async_wait_until(delivered, what)

@@ -21,7 +21,7 @@ import pytest
 from kvferry.client import AsyncClient, TransferFailed
 from kvferry.v1 import transfer_pb2 as pb
 
-from kvserver import ServerProcess, async_wait_until, start_server, wait_until
+from kvserver import ServerProcess, start_server, wait_sent, wait_until
 
 pytest.importorskip("mooncake.engine", reason="needs kvferry[mooncake] and Debian's libibverbs1")
 
@@ -137,10 +137,7 @@ def test_a_server_killed_mid_transfer_ends_the_send_with_a_clear_error() -> None
         async with AsyncClient(srv.target) as rx, AsyncClient(srv.target) as tx:
             await rx.stub.Open(pb.OpenRequest(transfer_id="orphan", window_tokens=64))
             send = asyncio.create_task(tx.send("orphan", payload(640), transport="mooncake"))
-            async def first_window_in() -> bool:
-                return (await rx.poll("orphan")).sent_tokens >= 64
-
-            await async_wait_until(first_window_in, "the first window through the engine")
+            await wait_sent(rx, "orphan", 64, "the first window through the engine")
             srv.proc.send_signal(signal.SIGKILL)  # the receiver's server dies mid-transfer
             killed = True
             try:

@@ -23,7 +23,7 @@ from kvferry.client.limits import TransportUnavailable
 from kvferry.client.shm import ShmPool
 from kvferry.v1 import transfer_pb2 as pb
 
-from kvserver import ServerProcess, async_wait_until, start_server, wait_until
+from kvserver import ServerProcess, start_server, wait_sent, wait_until
 
 ROW = 64
 
@@ -224,10 +224,7 @@ def test_a_one_sided_sender_learns_of_an_abort_and_gives_its_grant_back(fenced: 
             await rx.stub.Open(pb.OpenRequest(transfer_id="stop", window_tokens=64))
             send = asyncio.create_task(tx.send("stop", payload(200), transport="shm"))
             # The first window is written and committed; the sender waits for the next grant.
-            async def first_window_in() -> bool:
-                return (await rx.poll("stop")).sent_tokens >= 64
-
-            await async_wait_until(first_window_in, "the first window written and committed")
+            await wait_sent(rx, "stop", 64, "the first window written and committed")
             await rx.abort("stop", "decoder OOM")
             with pytest.raises(TransferFailed, match="decoder OOM"):
                 await asyncio.wait_for(send, 20)
