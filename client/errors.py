@@ -20,13 +20,21 @@ against raw grpc errors keeps working.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-DOMAIN = "kvferry"
-DETAILS_KEY = "grpc-status-details-bin"
+from kvferry.client.contract import (
+    DETAILS_KEY,
+    DOMAIN,
+    INFO_FAILURE_REASON,
+    INFO_TRANSFER_ID,
+    error_reason_code,
+)
 
 
 class KvferryError(grpc.RpcError):
@@ -47,6 +55,17 @@ class KvferryError(grpc.RpcError):
 
     def code(self) -> grpc.StatusCode:
         return self._code
+
+    @property
+    def reason_code(self) -> int:
+        """``error_reason`` as the contract's ``kvferry.v1.ErrorReason`` value (0: none)."""
+        return error_reason_code(self.error_reason)
+
+    @property
+    def transfer_id(self) -> str:
+        """The transfer the refusal concerns, as the server said (ErrorInfo metadata); ""
+        when it concerns none, or the server could not be reached."""
+        return self.info.get(INFO_TRANSFER_ID, "")
 
     def details(self) -> str:
         return self.message
@@ -107,9 +126,11 @@ class TransferFailed(KvferryError):
     grpc_code = grpc.StatusCode.ABORTED
 
     def __init__(self, transfer_id: str, reason: str, status: Any = None,
-                 error_reason: str = "TRANSFER_FAILED") -> None:
-        super().__init__(f"transfer {transfer_id!r} failed: {reason}", error_reason)
-        self.transfer_id = transfer_id
+                 error_reason: str = "TRANSFER_FAILED", info: dict[str, str] | None = None,
+                 message: str = "") -> None:
+        super().__init__(message or f"transfer {transfer_id!r} failed: {reason}", error_reason,
+                         info={INFO_TRANSFER_ID: transfer_id, INFO_FAILURE_REASON: reason,
+                               **(info or {})})
         self.reason = reason
         self.status = status
 
@@ -146,18 +167,87 @@ def details_of(error: grpc.RpcError) -> tuple[str, float | None, dict[str, str]]
 
 
 def typed(error: grpc.RpcError, transfer_id: str = "") -> KvferryError:
-    """The typed error for a raw grpc one."""
+    """The typed error for a raw grpc one. Facts come from the refusal's ErrorInfo metadata, never
+    from its message: the transfer it concerns (``transfer_id``, the id the call named, is the
+    fallback for a refusal that carries none, e.g. the server was unreachable) and, for ABORTED,
+    why the transfer failed."""
     if isinstance(error, KvferryError):
         return error
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or code.name.lower()
     reason, retry, info = details_of(error)
+    if transfer_id and INFO_TRANSFER_ID not in info:
+        info[INFO_TRANSFER_ID] = transfer_id
     if code == grpc.StatusCode.ABORTED:
-        # The transfer's failure reason follows "transfer 'x' failed: " in the server's message.
-        text = message.split(" failed: ", 1)[1] if " failed: " in message else message
-        failed = TransferFailed(transfer_id or info.get("transfer_id", ""), text,
-                                error_reason=reason or "TRANSFER_FAILED")
-        failed.message = message
-        return failed
+        return TransferFailed(info.get(INFO_TRANSFER_ID, ""),
+                              info.get(INFO_FAILURE_REASON, message),
+                              error_reason=reason or "TRANSFER_FAILED", info=info, message=message)
     cls = _BY_CODE.get(code, KvferryError)
     return cls(message, reason, retry, info, code)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _transfer_id_of(method: Callable[..., Any]) -> Callable[..., str]:
+    """How to find the ``transfer_id`` argument of a call to ``method`` ("" if it has none)."""
+    signature = inspect.signature(method)
+    if "transfer_id" not in signature.parameters:
+        return lambda *args, **kwargs: ""
+
+    def find(*args: Any, **kwargs: Any) -> str:
+        try:
+            value = signature.bind_partial(*args, **kwargs).arguments.get("transfer_id", "")
+        except TypeError:
+            return ""
+        return value if isinstance(value, str) else ""
+
+    return find
+
+
+def typed_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A public call raising ``KvferryError``s, never raw grpc errors. A refusal names its
+    transfer itself; the call's own ``transfer_id`` argument stands in where it cannot (the
+    server was unreachable)."""
+    transfer_id = _transfer_id_of(method)
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except KvferryError:
+            raise
+        except grpc.RpcError as e:
+            raise typed(e, transfer_id(*args, **kwargs)) from e
+
+    return call
+
+
+def typed_stream(method: Callable[P, AsyncGenerator[T, None]]) -> Callable[P, AsyncGenerator[T, None]]:
+    """``typed_errors`` for a method that yields: its items, with a gRPC error turned into its
+    typed KvferryError, and the generator closed however the consumer stops."""
+    transfer_id = _transfer_id_of(method)
+
+    @functools.wraps(method)
+    async def stream(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:
+        items = method(*args, **kwargs)
+        try:
+            async for item in items:
+                yield item
+        except KvferryError:
+            raise
+        except grpc.RpcError as e:
+            raise typed(e, transfer_id(*args, **kwargs)) from e
+        finally:
+            await items.aclose()
+
+    return stream
+
+
+async def quietly(call: Awaitable[Any]) -> None:
+    """Best-effort cleanup: the transfer may already be gone, or the channel closed."""
+    try:
+        await call
+    except grpc.aio.AioRpcError:
+        pass

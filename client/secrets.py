@@ -15,8 +15,8 @@ import hashlib
 import hmac
 import secrets as _random
 
-TRANSFER_SECRET_KEY = "kvferry-transfer-secret"
-SENDER_SECRET_KEY = "kvferry-sender-secret"
+from kvferry.client.contract import SENDER_SECRET_KEY, TRANSFER_SECRET_KEY
+
 # Shorter secrets could be guessed; the limit keeps gRPC metadata small.
 MIN_SECRET_CHARS = 16
 MAX_SECRET_CHARS = 256
@@ -31,6 +31,15 @@ def new_secret() -> str:
 def sender_secret(secret: str) -> str:
     """The sender's secret for a transfer secret: HMAC-SHA256 keyed by it, as hex."""
     return hmac.new(secret.encode(), _SENDER_LABEL, hashlib.sha256).hexdigest()
+
+
+def derived_secret(shared: str, purpose: str, transfer_id: str) -> str:
+    """One transfer's secret, derived from a secret that several parties share (engines that
+    agree on no per-request secret, say): HMAC-SHA256 keyed by ``shared`` over ``purpose`` and
+    the id, as hex. It opens that transfer only, so a secret seen on one transfer's calls is no
+    key to the others; ``purpose`` keeps the secrets of two uses of one shared secret apart."""
+    label = f"kvferry {purpose} v1 {transfer_id}".encode()
+    return hmac.new(shared.encode(), label, hashlib.sha256).hexdigest()
 
 
 def receiver_metadata(secret: str | None) -> tuple[tuple[str, str], ...]:

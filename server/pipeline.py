@@ -97,8 +97,11 @@ class Pipeline:
             mm.received += 1
             return await parse(raw, context)
 
-        async def refuse(context: grpc.aio.ServicerContext, e: TransferError) -> None:
-            await abort(context, _CODES[e.code], e.message, e.reason)
+        async def refuse(context: grpc.aio.ServicerContext, e: TransferError, request: Any) -> None:
+            # The refusal names its transfer; else the call's own (a stream of requests has
+            # none here: its handler names it).
+            tid = e.transfer_id or getattr(request, "transfer_id", "")
+            await abort(context, _CODES[e.code], e.message, e.reason, tid, e.failure_reason)
 
         def finish(context: grpc.aio.ServicerContext, start: float, error: BaseException | None) -> None:
             mm.finished(final_code(context, error), time.perf_counter() - start)
@@ -120,7 +123,7 @@ class Pipeline:
                 try:
                     response = await behavior(request, context)
                 except TransferError as e:
-                    await refuse(context, e)
+                    await refuse(context, e, request)
                 mm.sent += 1
                 return response
             except BaseException as e:
@@ -144,7 +147,7 @@ class Pipeline:
                         mm.sent += 1
                         yield response
                 except TransferError as e:
-                    await refuse(context, e)
+                    await refuse(context, e, request)
             except BaseException as e:
                 error = e
                 raise

@@ -9,8 +9,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from kvferry.client.errors import DETAILS_KEY, DOMAIN
-from kvferry.statemachine import Reason
+from kvferry.client.contract import DETAILS_KEY, DOMAIN, INFO_FAILURE_REASON, INFO_TRANSFER_ID
+from kvferry.statemachine import Reason, TransferError, refusals
 
 # Seconds to wait before retrying: room frees as transfers finish, streams close, faults pass.
 # DRAINING has none: that server will not take the call again (another replica will).
@@ -23,9 +23,12 @@ RETRY_AFTER: dict[str, float] = {
 }
 
 
-def trailers(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes], ...]:
+def trailers(code: grpc.StatusCode, message: str, reason: str, transfer_id: str = "",
+             failure_reason: str = "") -> tuple[tuple[str, bytes], ...]:
+    facts = {k: v for k, v in ((INFO_TRANSFER_ID, _valid_id(transfer_id)),
+                               (INFO_FAILURE_REASON, failure_reason)) if v}
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=facts))
     details = [info]
     if reason in RETRY_AFTER:
         delay = duration_pb2.Duration()
@@ -37,7 +40,19 @@ def trailers(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[st
     return ((DETAILS_KEY, status.SerializeToString()),)
 
 
+def _valid_id(transfer_id: str) -> str:
+    """``transfer_id`` if it is one a transfer could have: a refusal of a malformed id (huge,
+    unprintable) must not echo it into the trailers."""
+    try:
+        refusals.check_id(transfer_id)
+    except TransferError:
+        return ""
+    return transfer_id
+
+
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
-                reason: str) -> None:
-    """End the call with ``code`` and ``message``, and the details saying ``reason``."""
-    await context.abort(code, message, trailing_metadata=trailers(code, message, reason))
+                reason: str, transfer_id: str = "", failure_reason: str = "") -> None:
+    """End the call with ``code`` and ``message``, and the details saying ``reason`` (and the
+    transfer it concerns, and why that failed, where known)."""
+    await context.abort(code, message, trailing_metadata=trailers(
+        code, message, reason, transfer_id, failure_reason))

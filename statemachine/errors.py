@@ -7,7 +7,8 @@ from __future__ import annotations
 
 class Reason:
     """Stable codes of refusals (ErrorInfo.reason, domain "kvferry"). Additive only: a code, once
-    published, keeps its meaning. Each is documented in docs/protocol.md."""
+    published, keeps its meaning. Each is documented in docs/protocol.md, and is a value of the
+    contract's ``ErrorReason`` enum (kvferry.v1; a test holds the two to each other)."""
 
     # NOT_FOUND
     TRANSFER_NOT_FOUND = "TRANSFER_NOT_FOUND"
@@ -70,14 +71,19 @@ class Reason:
 
 class TransferError(Exception):
     """A request the core refused. Nothing changed; the message says what to fix, ``reason``
-    (a ``Reason``) what a program can branch on."""
+    (a ``Reason``) what a program can branch on. ``transfer_id``: the transfer it concerns ("" if
+    none); ``failure_reason``: why that transfer failed, when the refusal is that it did. The
+    server sends both in the refusal's ErrorInfo metadata, so programs never parse the message."""
 
     code = "UNKNOWN"
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, transfer_id: str = "",
+                 failure_reason: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
+        self.transfer_id = transfer_id
+        self.failure_reason = failure_reason
 
 
 class InvalidArgument(TransferError):

@@ -15,12 +15,105 @@ class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSFER_STATE_RESUMING: _ClassVar[TransferState]
     TRANSFER_STATE_SUCCESS: _ClassVar[TransferState]
     TRANSFER_STATE_FAILED: _ClassVar[TransferState]
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSFER_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_NOT_OPENED: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_TRANSFER_ID: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_TOTAL_TOKENS: _ClassVar[ErrorReason]
+    ERROR_REASON_METADATA_TOO_LARGE: _ClassVar[ErrorReason]
+    ERROR_REASON_REASON_TOO_LARGE: _ClassVar[ErrorReason]
+    ERROR_REASON_WINDOW_TOO_LARGE: _ClassVar[ErrorReason]
+    ERROR_REASON_ROWS_PAST_TOTAL: _ClassVar[ErrorReason]
+    ERROR_REASON_PARTIAL_ROW: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_COMMIT: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_STREAM: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_PAGE: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSPORT_NOT_OFFERED: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_SECRET: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_REQUEST: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSFER_EXISTS: _ClassVar[ErrorReason]
+    ERROR_REASON_STALE_INCARNATION: _ClassVar[ErrorReason]
+    ERROR_REASON_WRONG_STATE: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSFER_FINISHED: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSFER_LIVE: _ClassVar[ErrorReason]
+    ERROR_REASON_SENT_TOKENS_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_WINDOW_NOT_FULL: _ClassVar[ErrorReason]
+    ERROR_REASON_NOTHING_TO_RESUME: _ClassVar[ErrorReason]
+    ERROR_REASON_NOT_ATTACHED: _ClassVar[ErrorReason]
+    ERROR_REASON_TOTAL_TOKENS_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_WINDOW_LENT: _ClassVar[ErrorReason]
+    ERROR_REASON_GRANT_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_NOT_GRANTED: _ClassVar[ErrorReason]
+    ERROR_REASON_POOL_NOT_EXPORTABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_TOKEN_GAP: _ClassVar[ErrorReason]
+    ERROR_REASON_POOL_EXHAUSTED: _ClassVar[ErrorReason]
+    ERROR_REASON_RESUMES_QUEUED: _ClassVar[ErrorReason]
+    ERROR_REASON_TOO_MANY_TRANSFERS: _ClassVar[ErrorReason]
+    ERROR_REASON_TOO_MANY_STREAMS: _ClassVar[ErrorReason]
+    ERROR_REASON_TRANSFER_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_WINDOW_CHANGED: _ClassVar[ErrorReason]
+    ERROR_REASON_DRAINING: _ClassVar[ErrorReason]
+    ERROR_REASON_FAULT_INJECTED: _ClassVar[ErrorReason]
+    ERROR_REASON_SECRET_REQUIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_SECRET_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_RECEIVER_SECRET_REQUIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_ID_CLAIMED: _ClassVar[ErrorReason]
+    ERROR_REASON_BEARER_TOKEN: _ClassVar[ErrorReason]
+    ERROR_REASON_ADMIN_TOKEN: _ClassVar[ErrorReason]
 TRANSFER_STATE_UNSPECIFIED: TransferState
 TRANSFER_STATE_BOOTSTRAPPING: TransferState
 TRANSFER_STATE_TRANSFERRING: TransferState
 TRANSFER_STATE_RESUMING: TransferState
 TRANSFER_STATE_SUCCESS: TransferState
 TRANSFER_STATE_FAILED: TransferState
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_TRANSFER_NOT_FOUND: ErrorReason
+ERROR_REASON_NOT_OPENED: ErrorReason
+ERROR_REASON_BAD_TRANSFER_ID: ErrorReason
+ERROR_REASON_BAD_TOTAL_TOKENS: ErrorReason
+ERROR_REASON_METADATA_TOO_LARGE: ErrorReason
+ERROR_REASON_REASON_TOO_LARGE: ErrorReason
+ERROR_REASON_WINDOW_TOO_LARGE: ErrorReason
+ERROR_REASON_ROWS_PAST_TOTAL: ErrorReason
+ERROR_REASON_PARTIAL_ROW: ErrorReason
+ERROR_REASON_BAD_COMMIT: ErrorReason
+ERROR_REASON_BAD_STREAM: ErrorReason
+ERROR_REASON_BAD_PAGE: ErrorReason
+ERROR_REASON_TRANSPORT_NOT_OFFERED: ErrorReason
+ERROR_REASON_BAD_SECRET: ErrorReason
+ERROR_REASON_BAD_REQUEST: ErrorReason
+ERROR_REASON_TRANSFER_EXISTS: ErrorReason
+ERROR_REASON_STALE_INCARNATION: ErrorReason
+ERROR_REASON_WRONG_STATE: ErrorReason
+ERROR_REASON_TRANSFER_FINISHED: ErrorReason
+ERROR_REASON_TRANSFER_LIVE: ErrorReason
+ERROR_REASON_SENT_TOKENS_MISMATCH: ErrorReason
+ERROR_REASON_WINDOW_NOT_FULL: ErrorReason
+ERROR_REASON_NOTHING_TO_RESUME: ErrorReason
+ERROR_REASON_NOT_ATTACHED: ErrorReason
+ERROR_REASON_TOTAL_TOKENS_MISMATCH: ErrorReason
+ERROR_REASON_WINDOW_LENT: ErrorReason
+ERROR_REASON_GRANT_EXPIRED: ErrorReason
+ERROR_REASON_NOT_GRANTED: ErrorReason
+ERROR_REASON_POOL_NOT_EXPORTABLE: ErrorReason
+ERROR_REASON_TOKEN_GAP: ErrorReason
+ERROR_REASON_POOL_EXHAUSTED: ErrorReason
+ERROR_REASON_RESUMES_QUEUED: ErrorReason
+ERROR_REASON_TOO_MANY_TRANSFERS: ErrorReason
+ERROR_REASON_TOO_MANY_STREAMS: ErrorReason
+ERROR_REASON_TRANSFER_FAILED: ErrorReason
+ERROR_REASON_WINDOW_CHANGED: ErrorReason
+ERROR_REASON_DRAINING: ErrorReason
+ERROR_REASON_FAULT_INJECTED: ErrorReason
+ERROR_REASON_SECRET_REQUIRED: ErrorReason
+ERROR_REASON_SECRET_MISMATCH: ErrorReason
+ERROR_REASON_RECEIVER_SECRET_REQUIRED: ErrorReason
+ERROR_REASON_ID_CLAIMED: ErrorReason
+ERROR_REASON_BEARER_TOKEN: ErrorReason
+ERROR_REASON_ADMIN_TOKEN: ErrorReason
 
 class TransferStatus(_message.Message):
     __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks", "window_epoch", "incarnation")
@@ -61,7 +154,14 @@ class GetPoolInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PoolInfo(_message.Message):
-    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks", "mooncake_session", "mooncake_protocol", "mooncake_base_address", "max_metadata_bytes", "transfer_secrets_required")
+    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks", "mooncake_session", "mooncake_protocol", "mooncake_base_address", "max_metadata_bytes", "transfer_secrets_required", "transport_params")
+    class TransportParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TransportParams
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TransportParams, _Mapping]] = ...) -> None: ...
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +179,7 @@ class PoolInfo(_message.Message):
     MOONCAKE_BASE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MAX_METADATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_SECRETS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_PARAMS_FIELD_NUMBER: _ClassVar[int]
     block_tokens: int
     num_blocks: int
     free_blocks: int
@@ -96,7 +197,21 @@ class PoolInfo(_message.Message):
     mooncake_base_address: int
     max_metadata_bytes: int
     transfer_secrets_required: bool
-    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ..., mooncake_session: _Optional[str] = ..., mooncake_protocol: _Optional[str] = ..., mooncake_base_address: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., transfer_secrets_required: _Optional[bool] = ...) -> None: ...
+    transport_params: _containers.MessageMap[str, TransportParams]
+    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ..., mooncake_session: _Optional[str] = ..., mooncake_protocol: _Optional[str] = ..., mooncake_base_address: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., transfer_secrets_required: _Optional[bool] = ..., transport_params: _Optional[_Mapping[str, TransportParams]] = ...) -> None: ...
+
+class TransportParams(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
     __slots__ = ("transfer_id", "window_tokens")

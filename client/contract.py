@@ -1,0 +1,46 @@
+"""What both sides of the contract agree on beyond the messages of ``kvferry.v1``: message sizes,
+the gRPC metadata keys, the error domain and its details, and the transports' one refusal.
+
+The server imports these from here; nothing else defines them.
+"""
+
+from __future__ import annotations
+
+from kvferry.v1 import transfer_pb2 as pb
+
+# One message carrying rows (a Push from the client library, a Read from the server) stays inside
+# gRPC's default 4 MiB receive limit, whatever the other side accepts; 1 KiB is left for the
+# message's own framing (field tags and lengths).
+MESSAGE_BUDGET = 4 * 1024 * 1024 - 1024
+
+# Call metadata. The bearer token (--auth-token-file) goes as "authorization: Bearer <token>";
+# per-transfer secrets as below (``kvferry.client.secrets``).
+AUTHORIZATION_KEY = "authorization"
+TRANSFER_SECRET_KEY = "kvferry-transfer-secret"
+SENDER_SECRET_KEY = "kvferry-sender-secret"
+
+# Every refusal's google.rpc.Status travels in this trailer; its ErrorInfo has this domain, a
+# reason from ``ERROR_REASONS``, and, in its metadata, the facts a program needs: the transfer the
+# refusal concerns, and why that transfer failed when it did.
+DETAILS_KEY = "grpc-status-details-bin"
+DOMAIN = "kvferry"
+INFO_TRANSFER_ID = "transfer_id"
+INFO_FAILURE_REASON = "failure_reason"
+
+_PREFIX = "ERROR_REASON_"
+# The stable refusal codes, as ErrorInfo.reason spells them: the contract's ErrorReason enum
+# (kvferry.v1) without its prefix.
+ERROR_REASONS: tuple[str, ...] = tuple(
+    name.removeprefix(_PREFIX) for name in pb.ErrorReason.keys() if name != f"{_PREFIX}UNSPECIFIED")
+
+
+def error_reason_code(reason: str) -> int:
+    """The ErrorReason enum value of an ErrorInfo reason (0: unknown to this client)."""
+    try:
+        return int(pb.ErrorReason.Value(_PREFIX + reason))
+    except ValueError:
+        return 0
+
+
+class TransportUnavailable(RuntimeError):
+    """A transport a caller asked for cannot work from this process; the message says why."""
