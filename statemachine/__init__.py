@@ -3,21 +3,11 @@
 No grpc, asyncio or torch here: the server drives it, tests drive it in microseconds.
 """
 
+from kvferry.statemachine import refusals
 from kvferry.statemachine.allocator import AllocatorError, BlockAllocator
-from kvferry.statemachine.coordinator import (
-    MAX_ID_BYTES,
-    MAX_REASON_BYTES,
-    CommitResult,
-    Coordinator,
-    Grant,
-    Limits,
-    Listener,
-    Outcome,
-    ResumeResult,
-    Segment,
-    Totals,
-    WriteTicket,
-)
+from kvferry.statemachine.answers import CommitResult, Grant, ResumeResult, Segment, WriteTicket
+from kvferry.statemachine.coordinator import Coordinator
+from kvferry.statemachine.deadlines import Deadlines
 from kvferry.statemachine.errors import (
     Aborted,
     AlreadyExists,
@@ -45,6 +35,8 @@ from kvferry.statemachine.lifecycle import (
     fire,
     must_fire,
 )
+from kvferry.statemachine.limits import MAX_ID_BYTES, MAX_REASON_BYTES, Limits
+from kvferry.statemachine.reports import Listener, Outcome, Totals
 
 __all__ = [
     "LIVE",
@@ -59,6 +51,7 @@ __all__ = [
     "BlockAllocator",
     "CommitResult",
     "Coordinator",
+    "Deadlines",
     "FailedPrecondition",
     "Fence",
     "Grant",
@@ -85,4 +78,5 @@ __all__ = [
     "WriteTicket",
     "fire",
     "must_fire",
+    "refusals",
 ]

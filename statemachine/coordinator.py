@@ -1,186 +1,25 @@
 """The coordinator: every transfer, the block allocator, and the policy around the lifecycle table.
 
-It turns requests into lifecycle events or typed refusals (``errors``). It does no I/O and reads no
-clock: callers pass ``now`` (seconds, monotonic) and copy row bytes themselves, between
-``begin_write`` and ``end_write``. Everything it decides is reported to a ``Listener``.
+It turns requests into lifecycle events or typed refusals (``refusals``). It does no I/O and reads
+no clock: callers pass ``now`` (seconds, monotonic) and copy row bytes themselves, between
+``begin_write`` and ``end_write``. Everything it decides is reported to a ``Listener``. The rules
+live beside it: the transitions in ``lifecycle``, the refusals in ``refusals``, the timeouts in
+``deadlines``, the fences in ``fence``.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
+from kvferry.statemachine import refusals
 from kvferry.statemachine.allocator import BlockAllocator
-from kvferry.statemachine.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    Reason,
-    ResourceExhausted,
-    Unavailable,
-)
+from kvferry.statemachine.answers import CommitResult, Grant, ResumeResult, Segment, WriteTicket
+from kvferry.statemachine.deadlines import Deadlines, timeout_of
 from kvferry.statemachine.fence import Fence, Quarantine
 from kvferry.statemachine.lifecycle import IllegalTransition, Refusal, State, Transfer, fire, must_fire
-
-MAX_ID_BYTES = 256
-# An Abort's reason is echoed in every status of its transfer: it must stay small.
-MAX_REASON_BYTES = 1024
-# Any failure reason, the core's own included (one quoting an exception, say), is cut to this.
-MAX_FAILURE_REASON_BYTES = 2048
-# Far beyond any request (2^48 tokens), and well inside the wire's int64 fields.
-MAX_TOTAL_TOKENS = 2**48
-
-
-class Outcome:
-    """Why a transfer reached its terminal state (a bounded label set)."""
-
-    SUCCESS = "success"
-    ABORTED = "aborted"
-    BOOTSTRAP_TIMEOUT = "bootstrap_timeout"
-    STALL_TIMEOUT = "stall_timeout"
-    LEASE_EXPIRED = "lease_expired"
-    SHUTDOWN = "shutdown"
-    ERROR = "error"
-
-    ALL = (SUCCESS, ABORTED, BOOTSTRAP_TIMEOUT, STALL_TIMEOUT, LEASE_EXPIRED, SHUTDOWN, ERROR)
-
-
-@dataclass(frozen=True)
-class Limits:
-    num_blocks: int
-    block_tokens: int
-    default_window_tokens: int
-    bootstrap_timeout: float
-    stall_timeout: float
-    retention: float
-    # A receiver that makes no call (Poll, Watch, Read, Resume) for this long loses the transfer.
-    lease_timeout: float = 30.0
-    max_transfers: int = 100_000
-    # How long blocks a one-sided writer may still write into stay fenced after their transfer
-    # failed, if the writer never says it stopped.
-    fence_timeout: float = 60.0
-    # The sender's metadata is held and echoed in every status of its transfer: bounded, so that
-    # memory is bounded by max_transfers and a status always fits a default client's 4 MiB.
-    max_metadata_bytes: int = 64 * 1024
-
-    def __post_init__(self) -> None:
-        for name in ("num_blocks", "block_tokens", "default_window_tokens", "max_transfers",
-                     "max_metadata_bytes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout", "fence_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
-        if self.default_window_tokens > self.pool_tokens:
-            raise ValueError(f"default_window_tokens={self.default_window_tokens} exceeds the pool "
-                             f"({self.pool_tokens} tokens)")
-
-    @property
-    def pool_tokens(self) -> int:
-        return self.num_blocks * self.block_tokens
-
-
-@dataclass
-class Totals:
-    """Lifetime counts: what metrics and the Stats RPC report, kept in one place."""
-
-    started: int = 0
-    resumes_applied: int = 0
-    tokens_received: int = 0
-    duplicates: dict[str, int] = field(default_factory=lambda: {"repeat": 0, "stale": 0})
-    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(Outcome.ALL, 0))
-    released: dict[str, int] = field(default_factory=lambda: {"client": 0, "retention": 0})
-    # Commits answered as duplicates (a repeat of rows already delivered).
-    commit_duplicates: int = 0
-    # Fences lifted: by the writer's commit or detach, or by the fence timeout.
-    fences_lifted: dict[str, int] = field(default_factory=lambda: {"commit": 0, "detach": 0, "timeout": 0})
-
-
-class Listener:
-    """What the coordinator decided. The server subclasses it to wake waiters and count metrics."""
-
-    def opened(self, t: Transfer) -> None:
-        """``t`` was just opened (``changed`` follows)."""
-
-    def changed(self, t: Transfer) -> None:
-        """Anything a Poll or Watch of ``t`` could see changed (also: ``t`` was just opened)."""
-
-    def delivered(self, t: Transfer, tokens: int) -> None:
-        """``tokens`` rows were committed into the pool."""
-
-    def resume_applied(self, t: Transfer, window_wait: float | None) -> None:
-        """A resume was applied; ``window_wait`` is seconds from window full to this resume."""
-
-    def resume_duplicate(self, t: Transfer, reason: str) -> None:
-        """A resume was skipped: ``repeat`` (same sent_tokens as the last applied) or ``stale``."""
-
-    def finished(self, t: Transfer) -> None:
-        """``t`` reached a terminal state; ``t.outcome`` says why."""
-
-    def released(self, t: Transfer, by: str) -> None:
-        """``t`` was forgotten: ``by`` is ``client`` or ``retention``."""
-
-    def window_blocks(self, blocks: list[int], epoch: int) -> None:
-        """``blocks`` now belong to the window of ``epoch``; epoch 0: to no window any more
-        (freed, fenced, or trimmed off). Reported before anyone else can be given them."""
-
-    def deadline_sooner(self, deadline: float) -> None:
-        """A timeout now falls due at ``deadline``, before any other: call ``expire`` then."""
-
-    def fenced(self, t: Transfer, fence: Fence) -> None:
-        """The window of ``t`` lent to a one-sided writer went to quarantine as ``fence``."""
-
-    def fence_lifted(self, fence: Fence) -> None:
-        """``fence`` was lifted: its blocks are free."""
-
-
-class Segment(NamedTuple):
-    """``tokens`` consecutive rows of one pool block, from row ``offset`` of that block."""
-
-    block: int
-    offset: int
-    tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class WriteTicket:
-    """What to do with a message of rows: skip ``skip`` (already delivered), then copy ``count``
-    rows into ``segments``; the rest must wait for the next window."""
-
-    transfer: Transfer
-    skip: int
-    count: int
-    segments: list[Segment]
-
-
-class Grant(NamedTuple):
-    """A window lent to a one-sided writer: write tokens [start_token, start_token + tokens) into
-    the rows they fall on (token k is row (k - window_start_token) of the window, whose blocks are
-    ``blocks`` in order), make sure they landed, then commit them with ``epoch``."""
-
-    transfer: Transfer
-    epoch: int
-    start_token: int
-    tokens: int
-    window_start_token: int
-    blocks: list[int]
-
-
-class CommitResult(NamedTuple):
-    transfer: Transfer
-    duplicate: bool
-
-
-class ResumeResult(NamedTuple):
-    transfer: Transfer
-    duplicate: bool
-    duplicate_reason: str  # "" when applied
+from kvferry.statemachine.limits import MAX_FAILURE_REASON_BYTES, Limits
+from kvferry.statemachine.reports import Listener, Outcome, Totals
 
 
 class Coordinator:
@@ -200,12 +39,7 @@ class Coordinator:
         self.state_counts: dict[State, int] = {s: 0 for s in State}
         # Resumes waiting for blocks, first come first served.
         self._waiting: OrderedDict[str, Transfer] = OrderedDict()
-        # (deadline, seq, transfer); lazily re-checked when popped, so progress costs nothing here.
-        self._deadlines: list[tuple[float, int, Transfer]] = []
-        self._seq = itertools.count()
-        # Transfers released since the heap was last compacted: their entries wait there until
-        # due, holding the transfer; compaction bounds that to the transfers still held.
-        self._stale_deadlines = 0
+        self.deadlines = Deadlines(limits, lambda due: self.listener.deadline_sooner(due))
         # Window epochs, unique across every transfer and opening.
         self._epochs = itertools.count(1)
         self._incarnations = itertools.count(max(1, first_incarnation))
@@ -219,13 +53,10 @@ class Coordinator:
         applied to the next one."""
         t = self.transfers.get(transfer_id)
         if t is None:
-            _check_id(transfer_id)
-            raise NotFound(f"no transfer {transfer_id!r}: it was never opened, or was released "
-                           f"(by Release or after retention)", reason=Reason.TRANSFER_NOT_FOUND)
+            refusals.check_id(transfer_id)
+            raise refusals.not_found(transfer_id)
         if incarnation and incarnation != t.incarnation:
-            raise FailedPrecondition(f"transfer {transfer_id!r} was reopened: this call is for its "
-                                     f"incarnation {incarnation}, which was released; the one held "
-                                     f"now is {t.incarnation}", reason=Reason.STALE_INCARNATION)
+            raise refusals.stale_incarnation(t, incarnation)
         return t
 
     def observe(self, transfer_id: str, now: float, incarnation: int = 0) -> Transfer:
@@ -244,7 +75,7 @@ class Coordinator:
         t.lease_renewed_at = now
         if not t.watchers and not t.state.terminal and not t.released:
             # The lease counts again: the deadline may now fall before the one scheduled.
-            self._schedule(t, self._deadline(t))
+            self.deadlines.schedule(t)
 
     @property
     def resumes_waiting(self) -> int:
@@ -277,36 +108,29 @@ class Coordinator:
         """The filled rows of the current window, in token order (renews the receiver's lease)."""
         t = self.observe(transfer_id, now, incarnation)
         if t.state is State.FAILED:
-            raise FailedPrecondition(f"transfer {transfer_id!r} failed ({t.failure_reason}); "
-                                     f"its blocks are freed, nothing to read", reason=Reason.TRANSFER_FAILED)
+            raise refusals.nothing_to_read(t)
         return t, self._segments(t, 0, t.window_filled_tokens)
 
     # -- receiver ------------------------------------------------------------------------------
 
     def open(self, transfer_id: str, window_tokens: int, now: float) -> Transfer:
-        _check_id(transfer_id)
+        refusals.check_id(transfer_id)
         size = window_tokens or self.limits.default_window_tokens
-        self._check_window(size)
+        refusals.check_window(size, self.limits, transfer_id)
         held = self.transfers.get(transfer_id)
         if held is not None:
-            raise AlreadyExists(f"transfer {transfer_id!r} is already held ({held.state.name}); "
-                                f"Release it first, or open a new id", reason=Reason.TRANSFER_EXISTS)
+            raise refusals.already_held(held)
         if self._draining:
-            raise Unavailable("the server is shutting down and takes no new transfers; "
-                              "open on another replica", reason=Reason.DRAINING)
+            raise refusals.draining(transfer_id)
         if len(self.transfers) >= self.limits.max_transfers:
-            raise ResourceExhausted(f"{len(self.transfers)} transfers are held, the limit "
-                                    f"(--max-transfers) is {self.limits.max_transfers}; Release "
-                                    f"finished transfers, or retry later", reason=Reason.TOO_MANY_TRANSFERS)
+            raise refusals.too_many_transfers(transfer_id, len(self.transfers), self.limits)
         if self._waiting:
-            raise ResourceExhausted(f"{len(self._waiting)} resume(s) are waiting for free blocks "
-                                    f"and are served before new transfers; retry later", reason=Reason.RESUMES_QUEUED)
+            raise refusals.resumes_queued(transfer_id, len(self._waiting))
         want = self._blocks_for(size)
         blocks = self.allocator.alloc(want)
         if blocks is None:
-            raise ResourceExhausted(f"the pool has {self.allocator.free_count} free blocks of "
-                                    f"{self.limits.block_tokens} tokens; a {size}-token window "
-                                    f"needs {want}; retry later or open a smaller window", reason=Reason.POOL_EXHAUSTED)
+            raise refusals.pool_exhausted(transfer_id, self.allocator.free_count, size, want,
+                                          self.limits)
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
         t.window_epoch = t.opened_epoch = next(self._epochs)
         t.incarnation = next(self._incarnations)
@@ -316,7 +140,7 @@ class Coordinator:
         t.seq = next(self._opened)
         self.totals.started += 1
         self.listener.opened(t)
-        self._schedule(t, self._deadline(t))
+        self.deadlines.schedule(t)
         self._changed(t)
         return t
 
@@ -329,14 +153,12 @@ class Coordinator:
             self.listener.resume_duplicate(t, reason)
             return ResumeResult(t, True, reason)
         if t.state.terminal:
-            raise FailedPrecondition(f"transfer {transfer_id!r} is {t.state.name}"
-                                     f"{': ' + t.failure_reason if t.failure_reason else ''}; "
-                                     f"there is nothing to resume", reason=Reason.TRANSFER_FINISHED)
+            raise refusals.nothing_to_resume(t)
         size = window_tokens or t.open_window_tokens
-        self._check_window(size)
+        refusals.check_window(size, self.limits, transfer_id)
         why = self._fire("resume", t, sent_tokens=sent_tokens)
         if why is not None:
-            raise FailedPrecondition(f"cannot resume transfer {transfer_id!r}: {why}", reason=why.reason)
+            raise refusals.refused_by_table(t, "resume", why)
         window_wait = None if t.window_full_at is None else now - t.window_full_at
         t.last_resume_sent_tokens = sent_tokens
         t.resume_count += 1
@@ -359,8 +181,7 @@ class Coordinator:
                 incarnation: int = 0) -> tuple[Transfer, int]:
         t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
-            raise FailedPrecondition(f"transfer {transfer_id!r} is live ({t.state.name}); "
-                                     f"Abort it, or wait for SUCCESS, before Release", reason=Reason.TRANSFER_LIVE)
+            raise refusals.still_live(t)
         freed = len(t.blocks)
         self._free_window(t)
         del self.transfers[transfer_id]
@@ -369,9 +190,7 @@ class Coordinator:
         self.totals.released[by] += 1
         self.listener.released(t, by)
         self._serve_waiting()
-        self._stale_deadlines += 1
-        if self._stale_deadlines > len(self.transfers) + 64:
-            self._compact_deadlines()
+        self.deadlines.released(len(self.transfers))
         return t, freed
 
     # -- sender --------------------------------------------------------------------------------
@@ -380,14 +199,12 @@ class Coordinator:
                incarnation: int = 0) -> Transfer:
         """The sender arrives (a Push stream's first message, or Attach). Reconnecting senders
         attach again."""
-        self.check_sender(total_tokens, metadata)
+        refusals.check_sender(total_tokens, metadata, self.limits, transfer_id)
         t = self.get(transfer_id, incarnation)
         if t.state is State.FAILED:
-            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
+            raise refusals.transfer_failed(t)
         if t.total_tokens and t.total_tokens != total_tokens:
-            raise FailedPrecondition(f"Push says total_tokens={total_tokens} but transfer "
-                                     f"{transfer_id!r} has total_tokens={t.total_tokens}",
-                                     reason=Reason.TOTAL_TOKENS_MISMATCH)
+            raise refusals.total_tokens_mismatch(t, total_tokens)
         if t.state is State.BOOTSTRAPPING:
             t.total_tokens = total_tokens
             t.metadata = metadata
@@ -403,41 +220,26 @@ class Coordinator:
             self._changed(t)
         return t
 
-    def check_sender(self, total_tokens: int, metadata: bytes) -> None:
+    def check_sender(self, total_tokens: int, metadata: bytes, transfer_id: str = "") -> None:
         """Refuse what ``attach`` would refuse whatever the transfer: a sender that waits for
         the Open learns of its own mistakes at once."""
-        if not 0 < total_tokens <= MAX_TOTAL_TOKENS:
-            raise InvalidArgument(f"the sender must give total_tokens between 1 and "
-                                  f"{MAX_TOTAL_TOKENS} (in Attach, or a Push's first message), "
-                                  f"got {total_tokens}", reason=Reason.BAD_TOTAL_TOKENS)
-        if len(metadata) > self.limits.max_metadata_bytes:
-            raise InvalidArgument(f"metadata is {len(metadata)} bytes; the limit "
-                                  f"(--max-metadata-bytes) is {self.limits.max_metadata_bytes}: "
-                                  f"send large side data as rows, or a reference to it",
-                                  reason=Reason.METADATA_TOO_LARGE)
+        refusals.check_sender(total_tokens, metadata, self.limits, transfer_id)
 
     def begin_write(self, transfer_id: str, start_token: int, rows: int,
                     incarnation: int = 0) -> WriteTicket:
         """Where ``rows`` rows starting at ``start_token`` go. Copy them, then ``end_write``."""
         t = self.get(transfer_id, incarnation)
         if t.state is State.FAILED:
-            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
+            raise refusals.transfer_failed(t)
         if t.state is State.BOOTSTRAPPING:
-            raise FailedPrecondition(f"transfer {transfer_id!r} has no sender attached; the "
-                                     f"first Push message must carry transfer_id and total_tokens",
-                                     reason=Reason.NOT_ATTACHED)
+            raise refusals.not_attached(t)
         if t.lent_epoch == t.window_epoch:
-            raise FailedPrecondition(f"the current window of {transfer_id!r} is lent to a one-sided "
-                                     f"writer (Attach): Push cannot write into it until that "
-                                     f"writer commits it or detaches", reason=Reason.WINDOW_LENT)
+            raise refusals.window_lent(t)
         end = start_token + rows
         if end > t.total_tokens:
-            raise InvalidArgument(f"rows [{start_token}, {end}) run past total_tokens="
-                                  f"{t.total_tokens}; send at most {t.total_tokens} tokens",
-                                  reason=Reason.ROWS_PAST_TOTAL)
+            raise refusals.rows_past_total(t, start_token, end)
         if start_token > t.sent_tokens:
-            raise OutOfRange(f"start_token={start_token} leaves a gap: the next expected token "
-                             f"is {t.sent_tokens}; send rows from there", reason=Reason.TOKEN_GAP)
+            raise refusals.token_gap(t, start_token, f"start_token={start_token}")
         skip = min(rows, t.sent_tokens - start_token)
         room = 0
         if t.blocks and not t.write_in_flight:
@@ -488,35 +290,26 @@ class Coordinator:
         t = self.get(transfer_id, incarnation)
         end = start_token + tokens
         if tokens <= 0:
-            raise InvalidArgument(f"commit of {tokens} tokens: commit at least one row", reason=Reason.BAD_COMMIT)
+            raise refusals.empty_commit(t, tokens)
         if epoch < t.opened_epoch:
-            raise FailedPrecondition(f"window epoch {epoch} belongs to an earlier opening of "
-                                     f"{transfer_id!r}; this one began at epoch {t.opened_epoch}",
-                                     reason=Reason.STALE_INCARNATION)
+            raise refusals.epoch_of_earlier_opening(t, epoch)
         if t.state is State.FAILED:
             fence = self.quarantine.get(epoch)
             if fence is not None and fence.transfer_id == transfer_id and end >= fence.end_token:
                 self._lift(epoch, "commit")  # the writer finished the lent range: it stopped
-            raise Aborted(f"transfer {transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
+            raise refusals.transfer_failed(t)
         if end <= t.sent_tokens:  # a repeat of delivered rows: a retry, or another rank's
             self.totals.commit_duplicates += 1
             return CommitResult(t, True)
         if epoch != t.window_epoch:
-            raise FailedPrecondition(f"window epoch {epoch} of {transfer_id!r} was resumed past "
-                                     f"(the current window is epoch {t.window_epoch}); rows "
-                                     f"[{start_token}, {end}) were not all delivered: write "
-                                     f"them into the current grant", reason=Reason.GRANT_EXPIRED)
+            raise refusals.grant_expired(t, epoch, start_token, end)
         if t.lent_epoch != epoch:
-            raise FailedPrecondition(f"window epoch {epoch} of {transfer_id!r} is not lent to a "
-                                     f"one-sided writer: Attach to get a grant before writing",
-                                     reason=Reason.NOT_GRANTED)
+            raise refusals.not_granted(t, epoch)
         if start_token > t.sent_tokens:
-            raise OutOfRange(f"commit from token {start_token} leaves a gap: the next expected "
-                             f"token is {t.sent_tokens}; commit rows from there", reason=Reason.TOKEN_GAP)
+            raise refusals.token_gap(t, start_token, f"commit from token {start_token}")
         window_end = t.window_start_token + t.window_tokens
         if end > window_end:
-            raise InvalidArgument(f"commit of rows [{start_token}, {end}) runs past the granted "
-                                  f"window, which ends at token {window_end}", reason=Reason.BAD_COMMIT)
+            raise refusals.commit_past_window(t, start_token, end)
         if end == window_end:
             t.lent_epoch = -1  # the grant is used up: the writer is done with these blocks
         self._deliver(t, end - t.sent_tokens, now)
@@ -561,9 +354,7 @@ class Coordinator:
     # -- either side, and the clock ------------------------------------------------------------
 
     def abort(self, transfer_id: str, reason: str, now: float, incarnation: int = 0) -> Transfer:
-        if len(reason.encode()) > MAX_REASON_BYTES:
-            raise InvalidArgument(f"the abort reason is {len(reason.encode())} bytes; the limit is "
-                                  f"{MAX_REASON_BYTES}: say why in a sentence", reason=Reason.REASON_TOO_LARGE)
+        refusals.check_abort_reason(reason, transfer_id)
         t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
             self.fail(t, Outcome.ABORTED, f"aborted: {reason or 'no reason given'}", now)
@@ -602,23 +393,15 @@ class Coordinator:
             self.totals.fences_lifted["timeout"] += 1
             self.listener.fence_lifted(fence)
             self._serve_waiting()
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, t = heapq.heappop(heap)
-            if t.released:
-                continue
-            due = self._deadline(t)
-            if due > now:
-                self._schedule(t, due)
-            elif t.state.terminal:
+        for t in self.deadlines.due(now):
+            if t.state.terminal:
                 self.release(t.transfer_id, by="retention")
             else:
-                outcome, reason = self._timeout_of(t, now)
+                outcome, reason = timeout_of(t, self.limits, now)
                 self.fail(t, outcome, reason, now)
 
     def next_deadline(self) -> float | None:
-        due = [d for d in (self._deadlines[0][0] if self._deadlines else None,
-                           self.quarantine.next_deadline()) if d is not None]
+        due = [d for d in (self.deadlines.next(), self.quarantine.next_deadline()) if d is not None]
         return min(due) if due else None
 
     # -- internals -----------------------------------------------------------------------------
@@ -639,12 +422,6 @@ class Coordinator:
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.limits.block_tokens)
-
-    def _check_window(self, tokens: int) -> None:
-        if tokens > self.limits.pool_tokens:
-            raise InvalidArgument(f"window_tokens={tokens} is larger than the whole pool "
-                                  f"({self.limits.num_blocks} blocks x {self.limits.block_tokens} "
-                                  f"tokens); ask for at most {self.limits.pool_tokens}", reason=Reason.WINDOW_TOO_LARGE)
 
     def _segments(self, t: Transfer, first: int, count: int) -> list[Segment]:
         bt = self.limits.block_tokens
@@ -694,69 +471,13 @@ class Coordinator:
     def _finish(self, t: Transfer, outcome: str, now: float) -> None:
         t.outcome = outcome
         t.finished_at = now
-        self._schedule(t, self._deadline(t))  # retention may fall before the live deadline
+        self.deadlines.schedule(t)  # retention may fall before the live deadline
         self.totals.finished[outcome] += 1
         self.listener.finished(t)
 
     def _changed(self, t: Transfer) -> None:
         t.version += 1
         self.listener.changed(t)
-
-    def _deadline(self, t: Transfer) -> float:
-        if t.state.terminal:
-            return t.finished_at + self.limits.retention
-        due = t.last_progress_at + self.limits.stall_timeout
-        if t.state is State.BOOTSTRAPPING:
-            due = min(due, t.opened_at + self.limits.bootstrap_timeout)
-        if not t.watchers:
-            due = min(due, t.lease_renewed_at + self.limits.lease_timeout)
-        return due
-
-    def _timeout_of(self, t: Transfer, now: float) -> tuple[str, str]:
-        lim = self.limits
-        if t.state is State.BOOTSTRAPPING and now >= t.opened_at + lim.bootstrap_timeout:
-            return Outcome.BOOTSTRAP_TIMEOUT, (f"bootstrap_timeout: no sender attached within "
-                                               f"{lim.bootstrap_timeout:g}s of Open")
-        if not t.watchers and now >= t.lease_renewed_at + lim.lease_timeout:
-            return Outcome.LEASE_EXPIRED, (f"lease_expired: the receiver made no call (Poll, "
-                                           f"Watch, Read, Resume) for {lim.lease_timeout:g}s")
-        return Outcome.STALL_TIMEOUT, (f"stall_timeout: no progress for {lim.stall_timeout:g}s "
-                                       f"({_stall_cause(t)})")
-
-    def _compact_deadlines(self) -> None:
-        """Drop the entries of released transfers, and keep only the earliest of each held one
-        (``expire`` re-checks a popped entry against the transfer's true deadline, so a later
-        duplicate adds nothing)."""
-        earliest: dict[Transfer, tuple[float, int, Transfer]] = {}
-        for entry in self._deadlines:
-            t = entry[2]
-            if not t.released and (t not in earliest or entry < earliest[t]):
-                earliest[t] = entry
-        self._deadlines = list(earliest.values())
-        heapq.heapify(self._deadlines)
-        self._stale_deadlines = 0
-
-    def _schedule(self, t: Transfer, deadline: float) -> None:
-        sooner = not self._deadlines or deadline < self._deadlines[0][0]
-        heapq.heappush(self._deadlines, (deadline, next(self._seq), t))
-        if sooner:
-            self.listener.deadline_sooner(deadline)
-
-
-def _check_id(transfer_id: str) -> None:
-    if not transfer_id:
-        raise InvalidArgument("transfer_id is empty; give every transfer a unique id", reason=Reason.BAD_TRANSFER_ID)
-    if len(transfer_id.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"transfer_id is {len(transfer_id.encode())} bytes; "
-                              f"the limit is {MAX_ID_BYTES}", reason=Reason.BAD_TRANSFER_ID)
-    # Ids are echoed into logs, tables and metrics: no control or format characters (NUL,
-    # newlines, bidi overrides, zero-width), no separators or spaces that would hide or forge
-    # text there.
-    bad = next((c for c in transfer_id if not c.isprintable() or c.isspace()), None)
-    if bad is not None:
-        raise InvalidArgument(f"transfer_id contains U+{ord(bad):04X} at index "
-                              f"{transfer_id.index(bad)}: ids must be printable, with no spaces, "
-                              f"control or formatting characters", reason=Reason.BAD_TRANSFER_ID)
 
 
 def _bounded(reason: str) -> str:
@@ -765,13 +486,3 @@ def _bounded(reason: str) -> str:
     if len(data) <= MAX_FAILURE_REASON_BYTES:
         return reason
     return data[:MAX_FAILURE_REASON_BYTES - 3].decode(errors="ignore") + "..."
-
-
-def _stall_cause(t: Transfer) -> str:
-    if t.waiting_for_blocks:
-        return "no free pool blocks for the next window"
-    if t.window_full:
-        return "the window is full and the receiver did not resume"
-    if t.state is State.BOOTSTRAPPING:
-        return "no sender attached"
-    return f"the sender delivered nothing after token {t.sent_tokens}"

@@ -646,7 +646,7 @@ def test_released_transfers_leave_nothing_behind() -> None:
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     assert grown < 64 * 1024, f"{grown} bytes stayed behind after 5000 released transfers"
-    assert len(c._deadlines) <= 2 * 64 + 2
+    assert len(c.deadlines) <= 2 * 64 + 2
 
 
 def test_a_call_for_another_opening_is_refused() -> None:
