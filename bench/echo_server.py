@@ -20,7 +20,7 @@ import sys
 import grpc
 import numpy as np
 
-from kvferry.client.limits import MESSAGE_BUDGET
+from kvferry.client.contract import MESSAGE_BUDGET
 from kvferry.v1 import transfer_pb2 as pb
 
 

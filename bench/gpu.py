@@ -181,7 +181,6 @@ def one_sided_cuda(total_mib: int, window_mib: int, rounds: int, row: int = 8192
     transport="cuda-ipc"); the receiver takes each full window as a view and resumes. Against a
     device-to-device copy of the same bytes, and against gRPC Push into the same pool."""
     from kvferry.client import AsyncClient
-    from kvferry.client.cuda_ipc import MappedPool
 
     window = window_mib * 2**20 // row
     n = total_mib * 2**20 // row
@@ -192,9 +191,8 @@ def one_sided_cuda(total_mib: int, window_mib: int, rounds: int, row: int = 8192
 
         async def once(tid: str, check: bool) -> float:
             async with AsyncClient(srv.target) as rx, AsyncClient(srv.target) as tx:
-                pool = await rx.map_pool()
-                assert isinstance(pool, MappedPool)
-                await tx.map_pool()  # mapped once per client, before the clock, as a worker would
+                pool = await rx.map_pool("cuda-ipc")
+                await tx.map_pool("cuda-ipc")  # mapped once per client, before the clock, as a worker would
                 await rx.stub.Open(pb.OpenRequest(transfer_id=tid, window_tokens=window))
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()

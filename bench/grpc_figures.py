@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.procs import echo_server, kvferry_server
 from bench.report import Figure, median, p, ratio_target
-from kvferry.client.limits import MESSAGE_BUDGET
+from kvferry.client.contract import MESSAGE_BUDGET
 from kvferry.v1 import transfer_pb2 as pb
 
 SVC = "/kvferry.v1.TransferService/"

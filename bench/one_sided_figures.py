@@ -15,16 +15,19 @@ from bench.procs import kvferry_server, run_loop
 from bench.report import Figure, median, ratio_target
 from kvferry.client import AsyncClient
 from kvferry.client.shm import ShmPool
+from kvferry.client.transports import TRANSPORTS
+from kvferry.client.transports.shm import ShmTransport
 from kvferry.v1 import transfer_pb2 as pb
 
 ROW = 8192
 
 
-async def _transfer(target: str, tid: str, data: np.ndarray, window: int, transport: str) -> float:
+async def _transfer(target: str, tid: str, data: np.ndarray, window: int, transport: str,
+                    read_with: str = "shm") -> float:
     """Seconds from the first call until the receiver has copied the last window into its own
     buffer (preallocated, as an encoder cache is). The sender uses ``transport``; the receiver,
-    on the server's host, reads windows from a view of the shared-memory pool, or with Read when
-    the whole transfer is to go through gRPC."""
+    on the server's host, reads windows with ``read_with``: from a view of the shared-memory pool,
+    or with Read when the whole transfer is to go through gRPC."""
     dst = np.zeros_like(data)
     dst[:] = 1  # touched before the clock starts, as the baseline's is
     async with AsyncClient(target) as rx, AsyncClient(target) as tx:
@@ -32,8 +35,7 @@ async def _transfer(target: str, tid: str, data: np.ndarray, window: int, transp
         await tx.pool_info()
         t0 = time.perf_counter()
         send = asyncio.create_task(tx.send(tid, data, transport=transport))
-        async for w in rx.receive(tid, window, transport="grpc" if transport == "grpc" else "shm",
-                                  views=True):
+        async for w in rx.receive(tid, window, transport=read_with, views=True):
             dst[w.start_token:w.start_token + w.num_tokens] = w.rows()
         await send
         elapsed = time.perf_counter() - t0
@@ -67,7 +69,8 @@ def shm_transfer(rounds: int, total_mib: int, window_mib: int) -> list[Figure]:
         for i in range(rounds):
             copies.append(_two_copies(data, window))
             ours.append(asyncio.run(_transfer(srv.target, f"shm-{i}", data, window, "shm")))
-            grpc_.append(asyncio.run(_transfer(srv.target, f"grpc-{i}", data, window, "grpc")))
+            grpc_.append(asyncio.run(_transfer(srv.target, f"grpc-{i}", data, window, "grpc",
+                                               "grpc")))
     gbps = lambda s: data.nbytes / s / 1e9  # noqa: E731
     return [
         ratio_target(f"shm transfer {total_mib} MiB in {window_mib} MiB windows vs two numpy copies",
@@ -79,12 +82,23 @@ def shm_transfer(rounds: int, total_mib: int, window_mib: int) -> list[Figure]:
     ]
 
 
+class _TimedShm(ShmTransport):
+    """Transport "shm" as the library has it, its writer noting when each grant's write starts
+    and ends."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    async def connect(self, client: AsyncClient, info: pb.PoolInfo) -> Any:  # a _Timed
+        return _Timed(await super().connect(client, info), self.marks)
+
+
 class _Timed:
     """The mapped pool, noting when each grant's write starts and ends (the library calls it)."""
 
-    def __init__(self, pool: ShmPool) -> None:
+    def __init__(self, pool: ShmPool, marks: list[tuple[float, float]]) -> None:
         self.pool = pool
-        self.marks: list[tuple[float, float]] = []
+        self.marks = marks
 
     def write(self, grant: pb.Grant, rows: Any, first_token: int, end: int) -> None:
         t0 = time.perf_counter()
@@ -104,10 +118,9 @@ def window_turnaround(windows: int) -> list[Figure]:
     with kvferry_server(num_blocks=8, block_tokens=64, row_bytes=ROW, default_window_tokens=window) as srv:
 
         async def main() -> list[float]:
-            async with AsyncClient(srv.target) as rx, AsyncClient(srv.target) as tx:
-                info = await tx.pool_info()
-                timed = _Timed(ShmPool.of(info))
-                tx._mapped["shm"] = timed  # the library writes through it
+            timed = _TimedShm()  # the library writes through it
+            async with AsyncClient(srv.target) as rx, \
+                    AsyncClient(srv.target, transports=TRANSPORTS.replaced(timed)) as tx:
                 send = asyncio.create_task(tx.send("turn", data, transport="shm"))
                 async for _ in rx.receive("turn", window, transport="shm", views=True):
                     pass
@@ -175,7 +188,8 @@ def mooncake_transfer(rounds: int, total_mib: int, window_mib: int) -> list[Figu
         for i in range(rounds):
             raw.append(raw_writes())
             ours.append(run_loop(_transfer(srv.target, f"mc-{i}", data, window, "mooncake")))
-            grpc_.append(run_loop(_transfer(srv.target, f"mc-grpc-{i}", data, window, "grpc")))
+            grpc_.append(run_loop(_transfer(srv.target, f"mc-grpc-{i}", data, window, "grpc",
+                                            "grpc")))
     gbps = lambda s: data.nbytes / s / 1e9  # noqa: E731
     return [
         ratio_target(f"mooncake (tcp, loopback) {total_mib} MiB in {window_mib} MiB windows vs the "

@@ -17,8 +17,8 @@ The rules:
   copy into the pool has completed.
 - A CPU pool cannot be mapped (ExportPool answers FAILED_PRECONDITION): use Read.
 
-This module is also where the server describes its pool (``share_cuda_tensor``): torch's CUDA IPC
-tuple is read and rebuilt here only, by parameter name, and refused with a clear error if a torch
+Torch's CUDA IPC tuple is read (by the server, ``kvferry.server.cuda_storage``) and rebuilt (here)
+by parameter name only, as ``IPC_FIELDS`` lists them, and refused with a clear error if a torch
 version lays it out differently from the one this was written for.
 """
 
@@ -27,9 +27,9 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from kvferry.client.contract import TransportUnavailable
 from kvferry.client.grants import grant_runs
 from kvferry.client.host import host_id
-from kvferry.client.limits import TransportUnavailable
 from kvferry.v1 import transfer_pb2 as pb
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class IpcUnavailable(TransportUnavailable):
     """CUDA IPC cannot work from this process; the message says why."""
 
 
-def _check_torch_layout() -> None:
+def check_torch_layout() -> None:
     import torch
     from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
@@ -58,24 +58,6 @@ def _check_torch_layout() -> None:
     if found != IPC_FIELDS:
         raise IpcUnavailable(f"torch {torch.__version__} lays out CUDA IPC handles as {found}; "
                              f"kvferry was written for {IPC_FIELDS} (torch 2.4-2.13)")
-
-
-def share_cuda_tensor(tensor: torch.Tensor) -> pb.ExportPoolResponse:
-    """The fields of ExportPoolResponse for a pool tensor [num_blocks, block_tokens, row_bytes]."""
-    import torch
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    _check_torch_layout()
-    _, args = reduce_tensor(tensor)
-    f = dict(zip(IPC_FIELDS, args, strict=False))
-    num_blocks, block_tokens, row_bytes = tensor.shape
-    return pb.ExportPoolResponse(
-        host_id=host_id(), gpu_uuid=str(torch.cuda.get_device_properties(f["storage_device"]).uuid),
-        device=str(tensor.device), ipc_handle=f["storage_handle"],
-        storage_size_bytes=f["storage_size_bytes"], storage_offset_bytes=f["storage_offset_bytes"],
-        ref_counter_handle=f["ref_counter_handle"], ref_counter_offset=f["ref_counter_offset"],
-        event_handle=f["event_handle"] or b"", event_sync_required=bool(f["event_sync_required"]),
-        num_blocks=num_blocks, block_tokens=block_tokens, row_bytes=row_bytes)
 
 
 def pick_device(export: pb.ExportPoolResponse, host: str, visible_uuids: list[str]) -> int:
@@ -99,7 +81,7 @@ class MappedPool:
 
         if not torch.cuda.is_available():
             raise IpcUnavailable("CUDA is not available in this process")
-        _check_torch_layout()
+        check_torch_layout()
         uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
         device = pick_device(export, host_id(), uuids)
         shape = (export.num_blocks, export.block_tokens, export.row_bytes)
@@ -146,6 +128,10 @@ class MappedPool:
 
     def finish(self, rows: torch.Tensor) -> None:
         """Nothing to undo after a send: the mapping stays for the next."""
+
+    def still_window(self, status: Any) -> None:
+        """A GPU pool keeps no epoch table a reader could check: ask the server (Poll)."""
+        return None
 
     def window(self, status: Any) -> list[torch.Tensor]:
         """Views of the current window's filled rows, one per block, in token order."""

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from kvferry.client.contract import TransportUnavailable
 from kvferry.client.grants import grant_runs
-from kvferry.client.limits import TransportUnavailable
 from kvferry.v1 import transfer_pb2 as pb
 
 

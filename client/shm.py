@@ -1,34 +1,25 @@
-"""A CPU pool in shared memory: created by the server, mapped by same-host senders (to write
-granted rows) and receivers (to read a full window without a copy through gRPC).
+"""A CPU pool in shared memory, as same-host senders (to write granted rows) and receivers (to read a
+full window without a copy through gRPC) map it. The server creates it (``kvferry.server.
+shm_file``).
 
 The pool is one file in a memory-backed directory (``/dev/shm`` by default): the rows, uint8
 [num_blocks, block_tokens, row_bytes], then one uint64 per block, the epoch of the window that
 holds it (0: none). The server sets a block's epoch before anyone else can be given the block,
 so a reader that copied a window and then finds its blocks still at the window's epoch read
-nothing but that window's rows, with no round trip to ask. Its name carries the server's pid, so
-a server that starts after one was SIGKILLed removes what the dead one left (``sweep``).
-
-The server preallocates the whole file: a tmpfs that is too small (Docker's default /dev/shm is
-64 MiB) fails at start with a message, instead of a SIGBUS at the first row written past its end.
-"""
+nothing but that window's rows, with no round trip to ask. """
 
 from __future__ import annotations
 
 import mmap
 import os
-import re
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from kvferry.client.contract import TransportUnavailable
 from kvferry.client.grants import grant_runs, window_runs
 from kvferry.client.host import host_id
-from kvferry.client.limits import TransportUnavailable
 from kvferry.v1 import transfer_pb2 as pb
-
-PREFIX = "kvferry-pool-"
-_NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+$")
 
 
 class ShmUnavailable(TransportUnavailable):
@@ -114,59 +105,3 @@ class ShmPool:
 
 def file_size(num_blocks: int, block_tokens: int, row_bytes: int) -> int:
     return num_blocks * block_tokens * row_bytes + 8 * num_blocks
-
-
-def create(directory: str, num_blocks: int, block_tokens: int, row_bytes: int) -> ShmPool:
-    """The server's pool file, preallocated (so a full tmpfs fails here, with a message)."""
-    size = file_size(num_blocks, block_tokens, row_bytes)
-    path = os.path.join(directory, f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise ShmUnavailable(f"cannot create the pool in {directory}: {e.strerror}; give "
-                             f"--shm-dir a writable memory-backed directory") from e
-    try:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as e:
-            free = os.statvfs(directory)
-            raise ShmUnavailable(
-                f"the pool needs {size / 2**30:.2f} GiB of shared memory in {directory}, which has "
-                f"{free.f_bavail * free.f_frsize / 2**30:.2f} GiB free ({e.strerror}): enlarge it "
-                f"(docker --shm-size, a Memory emptyDir's sizeLimit) or shrink the pool "
-                f"(--num-blocks, --block-tokens)") from e
-        return ShmPool(path, num_blocks, block_tokens, row_bytes, fd=fd)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
-
-
-def sweep(directory: str) -> list[str]:
-    """Remove pool files whose server process is gone (one that was SIGKILLed); returns them."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        m = _NAME.match(name)
-        if m is None or _alive(int(m.group(1))):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: not ours to judge
-    return True

@@ -1,34 +1,57 @@
-"""Blocking client for synchronous serving loops: the asyncio client run on a private loop thread."""
+"""Blocking client for synchronous serving loops: ``AsyncClient`` run on a private loop thread.
+
+Every public method of ``AsyncClient`` is here with the same signature (a test holds them to each
+other), blocking until done; those that yield (``receive``, ``watch``) return iterators."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+import functools
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from kvferry.client.aio import AsyncClient, Window
-from kvferry.v1 import transfer_pb2 as pb
+import grpc
 
+from kvferry.client.aio import AsyncClient
+from kvferry.client.loop_thread import LoopThread
+from kvferry.client.transports import Registry
+
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class Client:
-    """Same methods as ``AsyncClient``, blocking. Thread-safe: calls run on one private loop."""
+def _blocking(method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]
+              ) -> Callable[Concatenate[Client, P], T]:
+    @functools.wraps(method)
+    def call(self: Client, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._loop.run(method(self._aio, *args, **kwargs))
 
-    def __init__(self, target: str, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kvferry-client",
-                                        daemon=True)
-        self._thread.start()
+    return call
+
+
+def _iterating(method: Callable[Concatenate[AsyncClient, P], AsyncGenerator[T, None]]
+               ) -> Callable[Concatenate[Client, P], Iterator[T]]:
+    @functools.wraps(method)
+    def call(self: Client, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        return self._loop.iterate(method(self._aio, *args, **kwargs))
+
+    return call
+
+
+class Client:
+    """``AsyncClient``, blocking. Thread-safe: calls run on one private loop."""
+
+    def __init__(self, target: str, *, token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 call_metadata: Sequence[tuple[str, str]] = (),
+                 options: Sequence[tuple[str, Any]] = (),
+                 transports: Registry | None = None) -> None:
+        self._loop = LoopThread("kvferry-client")
 
         async def make() -> AsyncClient:
-            return AsyncClient(target, **kwargs)
+            return AsyncClient(target, token=token, credentials=credentials,
+                               call_metadata=call_metadata, options=options, transports=transports)
 
-        self._aio = self._run(make())
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        self._aio = self._loop.run(make())
 
     def __enter__(self) -> Client:
         return self
@@ -36,55 +59,27 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def aio(self) -> AsyncClient:
+        """The async client underneath (its calls run on ``loop``)."""
+        return self._aio
+
+    @property
+    def loop(self) -> LoopThread:
+        return self._loop
+
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._run(self._aio.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._loop.close(self._aio.close())
 
-    def pool_info(self, refresh: bool = False) -> pb.PoolInfo:
-        return self._run(self._aio.pool_info(refresh))
-
-    def poll(self, transfer_id: str, **kwargs: Any) -> pb.TransferStatus:
-        return self._run(self._aio.poll(transfer_id, **kwargs))
-
-    def abort(self, transfer_id: str, reason: str, **kwargs: Any) -> pb.TransferStatus:
-        return self._run(self._aio.abort(transfer_id, reason, **kwargs))
-
-    def release(self, transfer_id: str, **kwargs: Any) -> pb.ReleaseResponse:
-        return self._run(self._aio.release(transfer_id, **kwargs))
-
-    def stats(self) -> pb.StatsResponse:
-        return self._run(self._aio.stats())
-
-    def list_transfers(self, states: Any = (), page_size: int = 100,
-                       limit: int | None = None) -> list[pb.TransferSummary]:
-        return self._run(self._aio.list_transfers(states, page_size, limit))
-
-    def export_pool(self) -> pb.ExportPoolResponse:
-        return self._run(self._aio.export_pool())
-
-    def map_pool(self) -> Any:
-        """See ``AsyncClient.map_pool``."""
-        return self._run(self._aio.map_pool())
-
-    def send(self, transfer_id: str, rows: Any, total_tokens: int | None = None,
-             metadata: bytes = b"", start_token: int = 0, **kwargs: Any) -> pb.TransferStatus:
-        return self._run(self._aio.send(transfer_id, rows, total_tokens, metadata, start_token,
-                                        **kwargs))
-
-    def open(self, transfer_id: str, window_tokens: int = 0, **kwargs: Any) -> pb.TransferStatus:
-        return self._run(self._aio.open(transfer_id, window_tokens, **kwargs))
-
-    def receive(self, transfer_id: str, window_tokens: int = 0, **kwargs: Any) -> Iterator[Window]:
-        agen = self._aio.receive(transfer_id, window_tokens, **kwargs)
-        try:
-            while True:
-                try:
-                    yield self._run(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(agen.aclose())
+    pool_info = _blocking(AsyncClient.pool_info)
+    poll = _blocking(AsyncClient.poll)
+    abort = _blocking(AsyncClient.abort)
+    release = _blocking(AsyncClient.release)
+    open = _blocking(AsyncClient.open)
+    stats = _blocking(AsyncClient.stats)
+    list_transfers = _blocking(AsyncClient.list_transfers)
+    export_pool = _blocking(AsyncClient.export_pool)
+    map_pool = _blocking(AsyncClient.map_pool)
+    send = _blocking(AsyncClient.send)
+    receive = _iterating(AsyncClient.receive)
+    watch = _iterating(AsyncClient.watch)

@@ -28,7 +28,7 @@ from prometheus_client import (
 
 from kvferry.server import logs, reflection_v1
 from kvferry.server.auth import BearerTokens
-from kvferry.server.config import ServerConfig, parse_faults
+from kvferry.server.config import ServerConfig, flag_names, parse_faults
 from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.http_endpoint import Health, HttpEndpoint
@@ -37,10 +37,12 @@ from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
 from kvferry.server.mooncake_endpoint import MooncakeEndpoint
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.pipeline import Pipeline
+from kvferry.server.pools import open_storage
 from kvferry.server.service import TransferService
 from kvferry.server.status_cache import StatusCache
-from kvferry.server.storage import BlockStorage, open_storage
+from kvferry.server.storage import BlockStorage
 from kvferry.server.transfer_secrets import SecretBook
+from kvferry.server.transports import ServerTransport, load_plugins
 from kvferry.statemachine import Coordinator, Outcome
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -60,6 +62,7 @@ class Server:
     metrics_port: int
     listener: ShellListener
     storage: BlockStorage
+    transports: list[ServerTransport]
     http: HttpEndpoint = field(repr=False)
     probes: Health = field(repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -101,24 +104,33 @@ class Server:
             logs.event(logging.WARNING, "shutdown_failed_transfers", transfers=left, grace_seconds=grace)
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()) or 0.5)
         self.http.shutdown()
+        for transport in self.transports:
+            transport.close()
         self.storage.close()
 
 
 async def start(config: ServerConfig) -> Server:
     storage = open_storage(config.num_blocks, config.block_tokens, config.row_bytes, config.device,
                            config.max_message_bytes, config.shm_dir)
+    transports: list[ServerTransport] = []
     try:
-        mooncake = (MooncakeEndpoint(config.mooncake, config.mooncake_host or config.host,
-                                     config.mooncake_device, storage.region())
-                    if config.mooncake else None)
-        return await _start(config, storage, mooncake)
+        if config.mooncake:
+            transports.append(MooncakeEndpoint(config.mooncake, config.mooncake_host or config.host,
+                                               config.mooncake_device, storage.region()))
+        try:
+            transports += load_plugins(config.transport_plugins, config, storage)
+        except ValueError as e:
+            raise StartupError(flag_names(str(e)), "fix --transport-plugins") from None
+        return await _start(config, storage, transports)
     except BaseException:
+        for transport in transports:
+            transport.close()
         storage.close()  # a server that never served leaves no shared-memory file behind
         raise
 
 
 async def _start(config: ServerConfig, storage: BlockStorage,
-                 mooncake: MooncakeEndpoint | None) -> Server:
+                 transports: list[ServerTransport]) -> Server:
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)  # process_*, python_info, python_gc_*: as a default registry has
@@ -131,7 +143,7 @@ async def _start(config: ServerConfig, storage: BlockStorage,
     listener = ShellListener(notifier, TransferHistograms(registry), statuses, storage, secrets)
     # Incarnations count up from the start time in microseconds: apart across restarts.
     coord = Coordinator(config.limits(), listener, first_incarnation=time.time_ns() // 1000)
-    service = TransferService(config, coord, storage, notifier, statuses, secrets, mooncake,
+    service = TransferService(config, coord, storage, notifier, statuses, secrets, transports,
                               listener.endings.recent_failures)
     registry.register(CoordinatorCollector(coord, config.device, config.row_bytes,
                                            lambda: service.senders_waiting))
@@ -185,7 +197,7 @@ async def _start(config: ServerConfig, storage: BlockStorage,
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     probes.ready = True
     return Server(config, coord, server, health_servicer, port, http.port, listener, storage,
-                  http, probes)
+                  transports, http, probes)
 
 
 async def serve(config: ServerConfig) -> None:

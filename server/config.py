@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from kvferry.client.limits import MESSAGE_BUDGET
+from kvferry.client.contract import MESSAGE_BUDGET
 from kvferry.statemachine import Limits
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class ServerConfig:
     mooncake: str = ""
     mooncake_host: str = ""
     mooncake_device: str = ""
+    transport_plugins: str = ""
     auth_token_file: str = ""
     admin_token_file: str = ""
     require_transfer_secrets: bool = False
@@ -161,6 +162,8 @@ _HELP: dict[str, str] = {
                 "tcp or rdma (needs kvferry[mooncake]); empty: off",
     "mooncake_host": "address senders reach this host's engine at (default: --host)",
     "mooncake_device": "NICs the engine may use, comma-separated (rdma; empty: all)",
+    "transport_plugins": "server halves of transports of your own, comma-separated MODULE:FACTORY "
+                         "(see kvferry.server.transports); empty: none",
     "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
     "max_transfers": "transfers held at once (live or unreleased); Open beyond: RESOURCE_EXHAUSTED",

@@ -1,6 +1,5 @@
-"""A pool in host memory, in a shared-memory file (``kvferry.client.shm``): Push copies rows in
-with numpy, Read sends views of it, and same-host senders and receivers map it themselves
-(transport "shm")."""
+"""A pool in host memory, in a shared-memory file (``shm_file``): Push copies rows in with numpy,
+Read sends views of it, and same-host senders and receivers map it themselves (transport "shm")."""
 
 from __future__ import annotations
 
@@ -11,8 +10,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
-from kvferry.client import shm
+from kvferry.client.shm import ShmUnavailable
+from kvferry.server import shm_file
 from kvferry.server.storage import Landing, PoolUnavailable
+from kvferry.server.transports import ServerTransport, ShmOffer
 from kvferry.statemachine import Segment
 from kvferry.v1 import transfer_pb2 as pb
 
@@ -20,15 +21,13 @@ log = logging.getLogger("kvferry")
 
 
 class CpuStorage:
-    transports: tuple[str, ...] = ("shm",)
-
     def __init__(self, num_blocks: int, block_tokens: int, row_bytes: int, shm_dir: str) -> None:
         self.row_bytes = row_bytes
-        for name in shm.sweep(shm_dir):
+        for name in shm_file.sweep(shm_dir):
             log.warning("removed %s/%s, left by a kvferry server that was killed", shm_dir, name)
         try:
-            self._pool = shm.create(shm_dir, num_blocks, block_tokens, row_bytes)
-        except shm.ShmUnavailable as e:
+            self._pool = shm_file.create(shm_dir, num_blocks, block_tokens, row_bytes)
+        except ShmUnavailable as e:
             raise PoolUnavailable(str(e)) from e
         self.rows = self._pool.rows
         self.shm_path = self._pool.path
@@ -50,6 +49,9 @@ class CpuStorage:
         check()
         yield ([self.rows[s.block, s.offset:s.offset + s.tokens].data.cast("B") for s in segments],
                sum(s.tokens for s in segments))
+
+    def offers(self) -> tuple[ServerTransport, ...]:
+        return (ShmOffer(self.shm_path),)
 
     def export(self) -> pb.ExportPoolResponse:
         raise PoolUnavailable("the pool is on the CPU: CUDA IPC needs a server started with "

@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import numpy as np
 import torch
 
-from kvferry.client.cuda_ipc import share_cuda_tensor
+from kvferry.client.cuda_ipc import IPC_FIELDS, check_torch_layout
+from kvferry.client.host import host_id
 from kvferry.server.storage import Landing, PoolUnavailable
+from kvferry.server.transports import CudaIpcOffer, ServerTransport
 from kvferry.statemachine import Segment
 from kvferry.v1 import transfer_pb2 as pb
 
@@ -26,9 +28,6 @@ STAGING_BUFFERS = 4
 
 
 class CudaStorage:
-    transports: tuple[str, ...] = ("cuda-ipc",)
-    shm_path = ""
-
     def __init__(self, num_blocks: int, block_tokens: int, row_bytes: int, device: str,
                  max_message_bytes: int) -> None:
         self.row_bytes = row_bytes
@@ -85,6 +84,9 @@ class CudaStorage:
             await self._landed()
             yield [staging.numpy()[:count].data.cast("B")], count
 
+    def offers(self) -> tuple[ServerTransport, ...]:
+        return (CudaIpcOffer(),)
+
     def export(self) -> pb.ExportPoolResponse:
         return share_cuda_tensor(self.tensor)
 
@@ -118,6 +120,24 @@ class CudaStorage:
         while not event.query():
             spins += 1
             await asyncio.sleep(0 if spins < 50 else 0.0002)
+
+
+def share_cuda_tensor(tensor: torch.Tensor) -> pb.ExportPoolResponse:
+    """The fields of ExportPoolResponse for a pool tensor [num_blocks, block_tokens, row_bytes]."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    check_torch_layout()
+    _, args = reduce_tensor(tensor)
+    f = dict(zip(IPC_FIELDS, args, strict=False))
+    num_blocks, block_tokens, row_bytes = tensor.shape
+    return pb.ExportPoolResponse(
+        host_id=host_id(), gpu_uuid=str(torch.cuda.get_device_properties(f["storage_device"]).uuid),
+        device=str(tensor.device), ipc_handle=f["storage_handle"],
+        storage_size_bytes=f["storage_size_bytes"], storage_offset_bytes=f["storage_offset_bytes"],
+        ref_counter_handle=f["ref_counter_handle"], ref_counter_offset=f["ref_counter_offset"],
+        event_handle=f["event_handle"] or b"", event_sync_required=bool(f["event_sync_required"]),
+        num_blocks=num_blocks, block_tokens=block_tokens, row_bytes=row_bytes)
+
 
 
 def _check_cuda(device: torch.device, nbytes: int) -> None:

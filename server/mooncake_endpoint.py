@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from kvferry.server.storage import PoolUnavailable
+from kvferry.v1 import transfer_pb2 as pb
 
 log = logging.getLogger("kvferry")
 
@@ -15,6 +16,10 @@ INSTALL_HINT = ("install the Mooncake Transfer Engine: pip install 'kvferry[moon
 
 
 class MooncakeEndpoint:
+    """The server half of transport "mooncake" (``kvferry.server.transports``)."""
+
+    name = "mooncake"
+
     def __init__(self, protocol: str, host: str, device: str, region: tuple[int, int]) -> None:
         try:
             from mooncake.engine import TransferEngine
@@ -34,3 +39,11 @@ class MooncakeEndpoint:
                                   f"build, mooncake-transfer-engine)")
         self.session = f"{host}:{self.engine.get_rpc_port()}"
         log.info("mooncake %s engine at %s, pool registered", protocol, self.session)
+
+    def describe(self, info: pb.PoolInfo) -> None:
+        info.mooncake_session = self.session
+        info.mooncake_protocol = self.protocol
+        info.mooncake_base_address = self.base_address
+
+    def close(self) -> None:
+        """The engine and its registration go with the process."""

@@ -9,14 +9,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
+from kvferry.client.contract import MESSAGE_BUDGET
 from kvferry.client.host import host_id
-from kvferry.client.limits import MESSAGE_BUDGET
 from kvferry.server.config import ServerConfig
-from kvferry.server.mooncake_endpoint import MooncakeEndpoint
 from kvferry.server.notifier import ChangeNotifier
 from kvferry.server.status_cache import StatusCache, status_of, wire_state
 from kvferry.server.storage import BlockStorage, Landing, PoolUnavailable
 from kvferry.server.transfer_secrets import Presented, Role, SecretBook
+from kvferry.server.transports import ServerTransport
 from kvferry.server.wire import PushMessage, decode_push, encode_read_response
 from kvferry.statemachine import (
     Aborted,
@@ -29,6 +29,8 @@ from kvferry.statemachine import (
     ResourceExhausted,
     State,
     Transfer,
+    TransferError,
+    refusals,
 )
 from kvferry.v1 import transfer_pb2 as pb
 from kvferry.v1 import transfer_pb2_grpc as pb_grpc
@@ -43,16 +45,17 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     def __init__(self, config: ServerConfig, coord: Coordinator, storage: BlockStorage,
                  notifier: ChangeNotifier, statuses: StatusCache, secrets: SecretBook,
-                 mooncake: MooncakeEndpoint | None = None,
+                 transports: Sequence[ServerTransport] = (),
                  recent_failures: Sequence[pb.TransferSummary] = ()) -> None:
+        """``transports``: the one-sided transports offered besides the storage's own."""
         self.config = config
         self.recent_failures = recent_failures  # newest first
         self.secrets = secrets
         self.coord = coord
         self.storage = storage
-        self.mooncake = mooncake
-        # The one-sided transports: the storage's own, and a transfer engine's.
-        self.one_sided = (*storage.transports, *(("mooncake",) if mooncake else ()))
+        # The one-sided transports by name: the storage's own, then those added (an engine's,
+        # plug-ins').
+        self.one_sided = {t.name: t for t in (*storage.offers(), *transports)}
         self.notifier = notifier
         self.statuses = statuses
         self.row_bytes = config.row_bytes
@@ -138,13 +141,11 @@ class TransferService(pb_grpc.TransferServiceServicer):
             device=self.config.device, default_window_tokens=c.limits.default_window_tokens,
             max_message_bytes=self.config.max_message_bytes, transfers=len(c.transfers),
             transports=["grpc", *self.one_sided], host_id=self.host_id,
-            shm_path=self.storage.shm_path, quarantined_blocks=c.quarantine.blocks,
+            quarantined_blocks=c.quarantine.blocks,
             max_metadata_bytes=c.limits.max_metadata_bytes,
             transfer_secrets_required=self.secrets.required)
-        if self.mooncake is not None:
-            info.mooncake_session = self.mooncake.session
-            info.mooncake_protocol = self.mooncake.protocol
-            info.mooncake_base_address = self.mooncake.base_address
+        for transport in self.one_sided.values():
+            transport.describe(info)
         return info
 
     async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
@@ -206,7 +207,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
             # leak another transfer's rows.
             if t.window_epoch != epoch:
                 raise Aborted(f"the window of {t.transfer_id!r} was resumed or freed while being "
-                              f"read; read the whole window before resuming", reason=Reason.WINDOW_CHANGED)
+                              f"read; read the whole window before resuming",
+                              Reason.WINDOW_CHANGED, t.transfer_id)
 
         with self._stream_slot():
             for chunk in _chunks(segments, self.read_rows):
@@ -226,17 +228,21 @@ class TransferService(pb_grpc.TransferServiceServicer):
         if msg is None:
             raise InvalidArgument("the Push stream carried no message; the first must carry "
                                   "transfer_id and total_tokens", reason=Reason.BAD_STREAM)
-        t = await self._attach(msg, presented, "Push")
-        async with _EndsWithTransfer(t, self.notifier) as ends:
-            while msg is not None:
-                if msg.transfer_id and msg.transfer_id != t.transfer_id:
-                    raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a message "
-                                          f"names {msg.transfer_id!r}; use one stream per transfer",
-                                          reason=Reason.BAD_STREAM)
-                await self._write(t, msg.start_token, msg.rows)
-                msg = await ends.next_of(requests)
+        try:
+            t = await self._attach(msg, presented, "Push")
+            async with _EndsWithTransfer(t, self.notifier) as ends:
+                while msg is not None:
+                    if msg.transfer_id and msg.transfer_id != t.transfer_id:
+                        raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a "
+                                              f"message names {msg.transfer_id!r}; use one stream "
+                                              f"per transfer", Reason.BAD_STREAM, t.transfer_id)
+                    await self._write(t, msg.start_token, msg.rows)
+                    msg = await ends.next_of(requests)
+        except TransferError as e:  # the pipeline cannot see which transfer a stream is for
+            e.transfer_id = e.transfer_id or msg.transfer_id
+            raise
         if t.state is State.FAILED:  # a sender never hears OK for a transfer that failed
-            raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}", reason=Reason.TRANSFER_FAILED)
+            raise refusals.transfer_failed(t)
         return pb.PushResponse(status=status_of(t))
 
     # -- one-sided sender ----------------------------------------------------------------------
@@ -252,8 +258,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             lent = -1
             while True:
                 if t.state is State.FAILED:
-                    raise Aborted(f"transfer {t.transfer_id!r} failed: {t.failure_reason}",
-                                  reason=Reason.TRANSFER_FAILED)
+                    raise refusals.transfer_failed(t)
                 if t.state is State.SUCCESS or t.released:
                     return
                 g = self.coord.grant(t.transfer_id, t.incarnation)
@@ -286,7 +291,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
                       presented: Presented, call: str) -> Transfer:
         """Attach the sender, waiting for the receiver's Open up to the bootstrap timeout; its
         secret claims the id meanwhile."""
-        self.coord.check_sender(msg.total_tokens, msg.metadata)
+        self.coord.check_sender(msg.total_tokens, msg.metadata, msg.transfer_id)
         deadline = self.clock() + self.config.bootstrap_timeout
         claimed = False
         try:
@@ -369,8 +374,7 @@ class _EndsWithTransfer:
             self._handler.cancel()
 
     def _failed(self) -> Aborted:
-        return Aborted(f"transfer {self.t.transfer_id!r} failed: {self.t.failure_reason}",
-                       reason=Reason.TRANSFER_FAILED)
+        return refusals.transfer_failed(self.t)
 
     async def next_of(self, requests: AsyncIterator[Any]) -> Any:
         """The next message, None at the end; Aborted once the transfer failed."""

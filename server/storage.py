@@ -2,18 +2,22 @@
 ``BlockStorage`` and never asks which kind it holds.
 
 Kinds: ``CpuStorage`` (host memory in a shared-memory file, ``cpu_storage.py``) and
-``CudaStorage`` (one GPU, ``cuda_storage.py``). Every kind holds one uint8 array
-[num_blocks, block_tokens, row_bytes], and says which one-sided transports can reach it.
+``CudaStorage`` (one GPU, ``cuda_storage.py``); ``pools.open_storage`` picks one for ``--device``.
+Every kind holds one uint8 array [num_blocks, block_tokens, row_bytes], and offers the server
+halves of the same-host transports that can reach it (``kvferry.server.transports``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kvferry.statemachine import Segment
 from kvferry.v1 import transfer_pb2 as pb
+
+if TYPE_CHECKING:
+    from kvferry.server.transports import ServerTransport
 
 
 class Landing:
@@ -31,10 +35,9 @@ class PoolUnavailable(RuntimeError):
 
 class BlockStorage(Protocol):
     row_bytes: int
-    # The one-sided transports this kind offers same-host senders ("shm", "cuda-ipc").
-    transports: tuple[str, ...]
-    # The shared-memory file of a CPU pool; "" for other kinds.
-    shm_path: str
+
+    def offers(self) -> tuple[ServerTransport, ...]:
+        """The same-host transports that reach this kind of pool (a CPU pool's "shm")."""
 
     async def write(self, segments: Sequence[Segment], rows: bytes | memoryview, first_row: int,
                     landing: Landing) -> None:
@@ -59,15 +62,3 @@ class BlockStorage(Protocol):
 
     def close(self) -> None:
         """Give the pool's memory back (a shared-memory file is removed)."""
-
-
-def open_storage(num_blocks: int, block_tokens: int, row_bytes: int, device: str,
-                 max_message_bytes: int, shm_dir: str) -> BlockStorage:
-    """The storage kind for ``device`` ("cpu" or "cuda:N")."""
-    if device == "cpu":
-        from kvferry.server.cpu_storage import CpuStorage
-
-        return CpuStorage(num_blocks, block_tokens, row_bytes, shm_dir)
-    from kvferry.server.cuda_storage import CudaStorage
-
-    return CudaStorage(num_blocks, block_tokens, row_bytes, device, max_message_bytes)

@@ -38,9 +38,9 @@ def test_the_gpu_is_found_by_uuid_whatever_its_index() -> None:
 
 
 def test_the_installed_torch_lays_out_ipc_handles_as_kvferry_reads_them() -> None:
-    from kvferry.client.cuda_ipc import _check_torch_layout
+    from kvferry.client.cuda_ipc import check_torch_layout
 
-    _check_torch_layout()  # raises IpcUnavailable naming the difference on a torch that moved them
+    check_torch_layout()  # raises IpcUnavailable naming the difference on a torch that moved them
 
 
 def test_a_torch_with_another_ipc_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,4 +53,4 @@ def test_a_torch_with_another_ipc_layout_is_refused(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(reductions, "rebuild_cuda_tensor", moved)
     with pytest.raises(IpcUnavailable, match="lays out CUDA IPC handles as"):
-        cuda_ipc._check_torch_layout()
+        cuda_ipc.check_torch_layout()

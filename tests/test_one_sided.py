@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 from kvferry.client import AsyncClient, Client, TransferFailed
-from kvferry.client import shm as shm_mod
+from kvferry.client.contract import TransportUnavailable
 from kvferry.client.grants import grant_runs
-from kvferry.client.limits import TransportUnavailable
-from kvferry.client.shm import ShmPool
+from kvferry.client.shm import ShmPool, ShmUnavailable
+from kvferry.client.transports import TRANSPORTS
+from kvferry.client.transports.shm import ShmTransport
+from kvferry.server import shm_file
 from kvferry.v1 import transfer_pb2 as pb
 
 from kvserver import ServerProcess, start_server, wait_sent, wait_until
@@ -214,8 +216,8 @@ def test_a_pool_larger_than_the_shared_memory_fails_with_what_to_do(monkeypatch:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(shm_mod.ShmUnavailable, match=r"needs 1\.00 GiB of shared memory .* enlarge it"):
-        shm_mod.create(shm_dir, 1024, 256, 4096)
+    with pytest.raises(ShmUnavailable, match=r"needs 1\.00 GiB of shared memory .* enlarge it"):
+        shm_file.create(shm_dir, 1024, 256, 4096)
 
 
 def test_a_one_sided_sender_learns_of_an_abort_and_gives_its_grant_back(fenced: ServerProcess) -> None:
@@ -242,6 +244,10 @@ def test_a_sender_whose_transfer_ended_and_was_released_mid_write_learns_why(see
     gate = threading.Event()
     copying = threading.Event()
 
+    class SlowShm(ShmTransport):  # transport "shm", its writes held back at the gate
+        async def connect(self, client: object, info: pb.PoolInfo) -> SlowWriter:  # type: ignore[override]
+            return SlowWriter(ShmPool.of(info))
+
     class SlowWriter:
         def __init__(self, pool: ShmPool) -> None:
             self.pool = pool
@@ -256,8 +262,7 @@ def test_a_sender_whose_transfer_ended_and_was_released_mid_write_learns_why(see
 
     errors: list[BaseException] = []
     ch, stub = seed.stub()
-    with ch, Client(seed.target) as tx:
-        tx._aio._mapped["shm"] = SlowWriter(ShmPool.of(tx.pool_info()))
+    with ch, Client(seed.target, transports=TRANSPORTS.replaced(SlowShm())) as tx:
         stub.Open(pb.OpenRequest(transfer_id="refused", window_tokens=64))
 
         def send() -> None:

@@ -66,9 +66,9 @@ class ConnectorConfig:
             raise ConfigError("ec_connector_extra_config.kvferry_target: give the kvferry "
                               f"server as \"host:port\" (got {target!r})")
         transport = str(extra.get(f"{PREFIX}transport", cls.transport))
-        if transport not in TRANSPORTS:
+        if transport not in TRANSPORTS.names():
             raise ConfigError(f"ec_connector_extra_config.kvferry_transport: {transport!r} is not "
-                              f"one of {', '.join(TRANSPORTS)}")
+                              f"one of {', '.join(TRANSPORTS.names())}")
         on_failure = str(extra.get(f"{PREFIX}on_failure", cls.on_failure))
         if on_failure not in ON_FAILURE:
             raise ConfigError(f"ec_connector_extra_config.kvferry_on_failure: {on_failure!r} is "

@@ -32,9 +32,8 @@ import grpc
 import numpy as np
 import torch
 
+from kvferry.client.contract import TransportUnavailable
 from kvferry.client.errors import KvferryError, TransferFailed
-from kvferry.client.limits import TransportUnavailable
-from kvferry.client.shm import ShmPool
 from kvferry.integrations.vllm.bridge import Bridge
 from kvferry.integrations.vllm.config import ConnectorConfig
 from kvferry.integrations.vllm.wire import (
@@ -336,10 +335,9 @@ class Loader:
             at += len(part)
         # The window is the receiver's until the Release, but a transfer failed meanwhile (its
         # lease ran out) gives its blocks back, and then the copy may hold another's rows. A
-        # shared-memory pool says so itself; for a GPU pool the server is asked.
-        if isinstance(pool, ShmPool):
-            intact = pool.still_window(st)
-        else:
+        # shared-memory pool says so itself; where the mapping cannot tell, the server is asked.
+        intact = pool.still_window(st)
+        if intact is None:
             if out.is_cuda:
                 torch.cuda.synchronize(out.device)
             now = self.bridge.run(self.bridge.client.poll(

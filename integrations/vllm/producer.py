@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kvferry.client.contract import TransportUnavailable
 from kvferry.client.errors import KvferryError, TransferFailed
-from kvferry.client.limits import TransportUnavailable
 from kvferry.integrations.vllm.bridge import Bridge
 from kvferry.integrations.vllm.config import ConnectorConfig
 from kvferry.integrations.vllm.wire import Header, HeaderError, transfer_id, transfer_secret

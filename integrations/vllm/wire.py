@@ -2,16 +2,26 @@
 
 The header is the transfer's metadata (the sender's first Push carries it): the embedding's
 dtype and shape, so a consumer can check the rows are what its model expects before using them.
+
+Why this is not ``kvferry.client.epd``'s header: the two describe different rows. An EPD row is
+a layout of its own (the embedding, then the token id and three M-RoPE positions as int32), its
+header carries per-request aux ints, and its width is fixed by the server's --row-bytes, which
+the layout must match. Here a row is exactly one row of vLLM's encoder output, nothing added,
+of whatever width and dtype the encoder emits, and the header is what the language engine's
+scheduler checks against the request (placeholder count, dtype) before it schedules anything.
+Folding one into the other would put fields into each that the other never reads. The JSON
+form stays as version 1 was written, so engines of the previous release interoperate (a test
+reads version 1's exact bytes).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from dataclasses import dataclass
 
 import torch
+
+from kvferry.client.secrets import derived_secret
 
 HEADER_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -26,11 +36,9 @@ def transfer_id(prefix: str, mm_hash: str) -> str:
 
 
 def transfer_secret(shared: str | None, tid: str) -> str | None:
-    """One transfer's secret, derived from the engines' shared secret: it opens that transfer
-    only, so a secret seen on one transfer's calls is no key to the others."""
-    if shared is None:
-        return None
-    return hmac.new(shared.encode(), f"kvferry vllm ec v1 {tid}".encode(), hashlib.sha256).hexdigest()
+    """One transfer's secret, derived from the engines' shared secret (``kvferry.client.secrets.
+    derived_secret``): it opens that transfer only."""
+    return None if shared is None else derived_secret(shared, "vllm ec", tid)
 
 
 @dataclass(frozen=True)
