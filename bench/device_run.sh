@@ -24,7 +24,7 @@ export PYTHONPATH=$SITE
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$PY" -c "import sys, torch, grpc, google.protobuf as p; print(sys.version.split()[0], 'torch', torch.__version__, 'grpcio', grpc.__version__, 'protobuf', p.__version__)"
 } 2>&1 | tee "$OUT/device.txt"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_ipc_refusals.py \
-  tests/test_vllm_connector_cuda.py \
+"$PY" -m pytest -q -p no:cacheprovider tests/e2e/test_cuda.py tests/client/test_cuda_ipc_refusals.py \
+  tests/integrations/test_vllm_connector_cuda.py \
   2>&1 | tee "$OUT/pytest.txt" | tail -25
 "$PY" -m bench.gpu --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.txt" | tail -25

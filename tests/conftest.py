@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvserver import ServerProcess, start_server
+from support.kvserver import ServerProcess, start_server
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def seed(server: ServerProcess) -> Iterator[ServerProcess]:
     server.assert_pool_free()
 
 
-# tests/vllm_connector needs vLLM, which lives in its own environment (.venv-vllm, `make
+# tests/integrations/vllm_connector needs vLLM, which lives in its own environment (.venv-vllm, `make
 # test-vllm`): the main suite does not collect it. (The folder is not named `vllm`: on the test
 # path it would shadow the package.)
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_connector"]
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["integrations/vllm_connector"]

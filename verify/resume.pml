@@ -30,7 +30,7 @@
  *   -DNO_FENCE        a lent window's blocks freed at once when its transfer fails
  *
  * Each server step prints an "EV ..." line: `spin -t` replays a trail as those lines, and
- * tests/test_verification.py drives the real Coordinator through them.
+ * tests/core/test_verification.py drives the real Coordinator through them.
  */
 
 #include "lifecycle.pml"

@@ -1,0 +1,245 @@
+"""KvferryECConnector inside real vLLM code: built by vLLM's factory, driven with vllm.v1 objects,
+moving embeddings through a real kvferry server process."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROW_BYTES, WIDTH
+from ec_harness import SCHEDULER, WORKER, deliver, image_hash, make, request, step
+from vllm.config import ParallelConfig
+from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
+
+from kvferry.client import Client
+from kvferry.integrations.vllm.config import ConfigError
+
+from support.kvserver import ServerProcess, start_server, wait_until
+
+
+@pytest.fixture
+def pair(ec_server: ServerProcess, tiny_model: Path) -> Iterator[tuple[ECConnectorBase, ECConnectorBase,
+                                                      ECConnectorBase]]:
+    """The encoder's worker, and the language engine's scheduler and worker connectors."""
+    parts = (make(WORKER, "ec_producer", tiny_model, ec_server.target),
+             make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=30),
+             make(WORKER, "ec_consumer", tiny_model, ec_server.target))
+    yield parts
+    for p in parts:
+        p.shutdown()
+
+
+def embedding(tokens: int, seed: int) -> torch.Tensor:
+    return torch.randn((tokens, WIDTH), generator=torch.Generator().manual_seed(seed))
+
+
+def test_windowed_embedding_arrives_in_the_encoder_cache(ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h, emb = image_hash(1), embedding(100, seed=1)  # 100 rows through 16-token windows
+    producer.save_caches({h: emb}, h)
+    req = request("r1", h, 100)
+    cache, out = deliver(scheduler, worker, req)
+    assert out.ec_connector_worker_meta is None  # nothing failed
+    assert torch.equal(cache[h], emb)
+    assert ec_server.metric("kvferry_resumes_total") == 6  # 7 windows
+    assert scheduler.take_unavailable_requests() == set()
+    scheduler.request_finished(req)
+    ec_server.assert_pool_free()
+
+
+def test_an_embedding_in_one_window_is_copied_out_of_the_mapped_pool(ec_server: ServerProcess,
+                                                                      pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h, emb = image_hash(8), embedding(16, seed=8)  # fits the 16-token window
+    producer.save_caches({h: emb}, h)
+    cache, _ = deliver(scheduler, worker, request("one", h, 16))
+    assert torch.equal(cache[h], emb)
+    ec_server.assert_pool_free()  # released by the worker, in the background
+    # No Read and no second Watch: the worker took the rows from shared memory, on the status
+    # the scheduler had already seen.
+    def calls(method: str, kind: str) -> float:
+        return ec_server.metric("grpc_server_started_total", f'grpc_method="{method}",grpc_service='
+                                f'"kvferry.v1.TransferService",grpc_type="{kind}"')
+    assert calls("Read", "server_stream") == 0 and calls("Watch", "server_stream") == 1
+
+
+def test_a_repeated_image_is_sent_once(ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h, emb = image_hash(2), embedding(20, seed=2)
+    producer.save_caches({h: emb}, h)
+    producer.save_caches({h: emb.clone()}, h)  # the same image in another request
+    first, second = request("a", h, 20), request("b", h, 20)
+    cache, _ = deliver(scheduler, worker, first)
+    assert torch.equal(cache[h], emb)
+    assert producer.producer.counts.skipped_repeats == 1 and producer.producer.counts.sent == 1
+    # The second request finds it in the engine's encoder cache: nothing is opened for it.
+    assert scheduler.ensure_cache_available(second, 0)
+    ec_server.assert_pool_free()
+    ec_server.wait_metric("kvferry_transfers_finished_total", 'outcome="success"', 1)
+    assert ec_server.metric("kvferry_transfers_finished_total", 'outcome="success"') == 1
+    assert ec_server.metric("grpc_server_started_total", 'grpc_method="Open",grpc_service='
+                            '"kvferry.v1.TransferService",grpc_type="unary"') == 1
+    # Once the engine evicts it, a new request waits for a sender again.
+    step(scheduler, worker, cache, freed=[h])
+    assert not scheduler.ensure_cache_available(request("c", h, 20), 0)
+
+
+def test_no_sender_falls_back_to_local_encoding(ec_server: ServerProcess, tiny_model: Path) -> None:
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=0.3)
+    failing = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=0.3,
+                   kvferry_on_failure="fail")
+    try:
+        req = request("lonely", image_hash(3), 10)
+        wait_until(lambda: scheduler.ensure_cache_available(req, 0), "giving up on the sender")
+        assert not scheduler.has_cache_item(image_hash(3))  # vLLM encodes it itself
+        scheduler.update_state_after_alloc(req, 0)
+        assert scheduler.take_unavailable_requests() == set()
+        other = request("strict", image_hash(4), 10)
+
+        def failed() -> bool:
+            assert not failing.ensure_cache_available(other, 0)  # held back, never scheduled
+            return failing.take_unavailable_requests() == {"strict"}
+
+        wait_until(failed, "the request given up on, to be failed")
+        failing.request_finished(other)  # as vLLM's scheduler does when it fails it
+        ec_server.assert_pool_free()
+    finally:
+        scheduler.shutdown()
+        failing.shutdown()
+
+
+@pytest.mark.parametrize("ends", ["after the Open", "at once"])
+def test_a_request_that_ends_while_waiting_leaves_nothing_held(ec_server: ServerProcess,
+                                                               tiny_model: Path, ends: str) -> None:
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target,
+                     kvferry_sender_wait_s=60)
+    try:
+        req = request("gone", image_hash(5), 10)
+        assert not scheduler.ensure_cache_available(req, 0)
+        if ends == "after the Open":
+            wait_until(lambda: ec_server.pool_info().transfers == 1, "the Open")
+        # "at once": the Open may still be on its way; it is given back all the same.
+        assert scheduler.request_finished(req) == (False, None)
+        assert ec_server.wait_metric("grpc_server_handled_total", 'grpc_code="OK",grpc_method='
+                                     '"Release",grpc_service="kvferry.v1.TransferService",'
+                                     'grpc_type="unary"', 1) == 1
+        ec_server.assert_pool_free()
+    finally:
+        scheduler.shutdown()
+
+
+def test_server_killed_mid_transfer_fails_the_request_without_a_hang(ec_server: ServerProcess,
+                                                                      pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h = image_hash(6)
+    producer.save_caches({h: embedding(100, seed=6)}, h)
+    req = request("doomed", h, 100)
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the first window")
+    scheduler.update_state_after_alloc(req, 0)
+    ec_server.stop(signal.SIGKILL)  # after the first window, before the rest
+    cache: dict[str, torch.Tensor] = {}
+    out = step(scheduler, worker, cache)
+    assert cache[h].shape == (100, WIDTH)  # the step can run: the request is failed instead
+    assert out.ec_connector_worker_meta.failed_requests == ["doomed"]  # type: ignore[union-attr]
+    assert scheduler.take_unavailable_requests() == {"doomed"}
+    # The encoder's send ends too (it does not wait for a server that is gone).
+    wait_until(lambda: producer.producer.pending() == 0, "the producer's send ending")
+    assert producer.producer.counts.failed == 1
+    # A request that was still waiting gives up and encodes locally.
+    waiting = request("after", image_hash(7), 10)
+    wait_until(lambda: scheduler.ensure_cache_available(waiting, 0), "giving up on a dead server")
+    assert not scheduler.has_cache_item(image_hash(7))
+
+
+def test_only_engines_holding_the_shared_secret_move_embeddings(tiny_model: Path,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("service-token-0123456789")
+    (tmp_path / "secret").write_text("shared-secret-of-both-engines-0123")
+    (tmp_path / "other").write_text("a-secret-the-encoder-does-not-hold")
+    srv = start_server(num_blocks=8, block_tokens=8, row_bytes=ROW_BYTES, default_window_tokens=16,
+                       auth_token_file=tmp_path / "token", require_transfer_secrets=True)
+    auth = {"kvferry_token_file": str(tmp_path / "token")}
+    parts = [make(WORKER, "ec_producer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "secret")),
+             make(SCHEDULER, "ec_consumer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "secret")),
+             make(WORKER, "ec_consumer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "secret")),
+             make(SCHEDULER, "ec_consumer", tiny_model, srv.target, **auth,
+                  kvferry_secret_file=str(tmp_path / "other"), kvferry_sender_wait_s=30)]
+    producer, scheduler, worker, outsider = parts
+    try:
+        h, emb = image_hash(9), embedding(16, seed=9)
+        producer.save_caches({h: emb}, h)  # the sender waits, its claim on the id made
+        wait_until(lambda: srv.metric("kvferry_senders_waiting") == 1, "the sender's claim")
+        # A language engine without the secret: its Open is refused, so it encodes locally.
+        lost = request("outsider", h, 16)
+        wait_until(lambda: outsider.ensure_cache_available(lost, 0), "the outsider giving up")
+        assert not outsider.has_cache_item(h)
+        assert "PERMISSION_DENIED" in outsider.arrivals.expected[h].reason
+        cache, _ = deliver(scheduler, worker, request("insider", h, 16))
+        assert torch.equal(cache[h], emb)
+        srv.assert_pool_free()
+    finally:
+        for p in parts:
+            p.shutdown()
+        srv.stop()
+
+
+@pytest.mark.parametrize(("sent", "says"), [
+    (torch.zeros((20, WIDTH)), "placeholders"),                  # another number of rows
+    (torch.zeros((16, 2 * WIDTH), dtype=torch.float16), "--dtype"),  # another dtype, same bytes
+])
+def test_an_embedding_the_request_cannot_take_is_refused_before_scheduling(
+        ec_server: ServerProcess, pair, sent: torch.Tensor, says: str) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, _ = pair
+    h = image_hash(10)
+    producer.save_caches({h: sent}, h)
+    req = request("mismatch", h, 16)  # the language model takes 16 float32 rows
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the refusal")
+    assert not scheduler.has_cache_item(h)  # vLLM encodes it itself
+    assert says in scheduler.arrivals.expected[h].reason
+    ec_server.assert_pool_free()
+
+
+def test_an_encoder_that_shuts_down_mid_transfer_says_so(ec_server: ServerProcess,
+                                                         pair) -> None:  # type: ignore[no-untyped-def]
+    producer, scheduler, worker = pair
+    h = image_hash(11)
+    producer.save_caches({h: embedding(100, seed=11)}, h)  # 7 windows: it waits after the first
+    req = request("orphan", h, 100)
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the first window")
+    scheduler.update_state_after_alloc(req, 0)
+    producer.shutdown()
+    cache: dict[str, torch.Tensor] = {}
+    out = step(scheduler, worker, cache)
+    assert out.ec_connector_worker_meta.failed_requests == ["orphan"]  # type: ignore[union-attr]
+    assert scheduler.take_unavailable_requests() == {"orphan"}
+    with Client(ec_server.target) as c:
+        reasons = [f.status.failure_reason for f in c.stats().recent_failures]
+    assert any("encoder engine shut down" in r for r in reasons), reasons
+    ec_server.assert_pool_free()
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"kvferry_target": "nowhere"}, "kvferry_target"),
+    ({"kvferry_transport": "carrier-pigeon"}, "kvferry_transport"),
+    ({"kvferry_on_failure": "retry"}, "kvferry_on_failure"),
+    ({"kvferry_window": 4}, "unknown key"),
+    ({"kvferry_secret_file": "/nonexistent/secret"}, "kvferry_secret_file"),
+    ({"kvferry_sender_wait_s": "soon"}, "kvferry_sender_wait_s"),
+])
+def test_bad_settings_are_refused_with_the_key_to_fix(extra, says, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=says):
+        make(SCHEDULER, "ec_consumer", tiny_model, extra.pop("kvferry_target", "localhost:1"),
+             **extra)
+
+
+@pytest.mark.parametrize("ec_role", ["ec_producer", "ec_consumer"])
+def test_a_tensor_parallel_engine_is_refused_at_start(ec_role: str, tiny_model: Path) -> None:
+    with pytest.raises(ConfigError, match="--tensor-parallel-size 1"):
+        make(WORKER, ec_role, tiny_model, "localhost:1",
+             parallel=ParallelConfig(tensor_parallel_size=2))
