@@ -100,7 +100,7 @@ def test_status_of_an_unreachable_server_says_so() -> None:
 
 
 def test_status_with_auth(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from kvserver import start_server
+    from support.kvserver import start_server
 
     token = tmp_path / "token"
     token.write_text("op-secret\n")
