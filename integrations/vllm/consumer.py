@@ -228,7 +228,9 @@ class Arrivals:
         log.warning("kvferry: the embedding of %s will not arrive: %s; %s", e.mm_hash, reason, then)
         e.reason = reason
         e.state = Arrival.UNAVAILABLE
-        await self._give_back(e, reason)
+        # From here the scheduler may drop E (its request was failed or encoded locally), which
+        # cancels this task: the give-back must finish regardless, or the opening stays held.
+        await asyncio.shield(self._give_back(e, reason))
 
     async def _give_back(self, e: Expected, reason: str) -> None:
         """Abort and release the opening E made; one that was never opened needs nothing."""
