@@ -100,6 +100,16 @@ def same_host(name: str, info: pb.PoolInfo) -> str | None:
     return why
 
 
+def host_rows(rows: Any, row_bytes: int) -> np.ndarray:
+    """``rows`` (bytes, numpy, torch on the CPU) as a uint8 numpy array [n, row_bytes], no copy
+    where they already are one: what writers that copy from host memory take."""
+    import numpy as np
+
+    from kvferry.client.rows import as_row_bytes
+
+    return np.frombuffer(as_row_bytes(rows, row_bytes), dtype=np.uint8).reshape(-1, row_bytes)
+
+
 def unavailable(name: str, reason: str) -> TransportUnavailable:
     return TransportUnavailable(f"transport {name!r} cannot work from this process: {reason}")
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from kvferry.client.rows import as_row_bytes
-from kvferry.client.transports import same_host
+from kvferry.client.transports import host_rows, same_host
 from kvferry.v1 import transfer_pb2 as pb
 
 if TYPE_CHECKING:
@@ -44,7 +41,7 @@ class CudaIpcTransport:
                 raise ValueError(f"each token of the tensor is {per_token} bytes but the server's "
                                  f"row_bytes is {row_bytes}")
             return t.reshape(-1).view(torch.uint8).reshape(-1, row_bytes)
-        flat = np.frombuffer(as_row_bytes(rows, row_bytes), dtype=np.uint8).reshape(-1, row_bytes)
+        flat = host_rows(rows, row_bytes)
         return torch.from_numpy(flat)
 
 

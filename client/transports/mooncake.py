@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kvferry.client.rows import as_row_bytes
-from kvferry.client.transports import offered
+from kvferry.client.transports import host_rows, offered
 from kvferry.v1 import transfer_pb2 as pb
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ class MooncakeTransport:
         return await asyncio.to_thread(MooncakeWriter, info)  # the engine's start blocks
 
     def source_rows(self, rows: Any, row_bytes: int) -> np.ndarray:
-        return np.frombuffer(as_row_bytes(rows, row_bytes), dtype=np.uint8).reshape(-1, row_bytes)
+        return host_rows(rows, row_bytes)
 
 
 MOONCAKE = MooncakeTransport()

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kvferry.client.rows import as_row_bytes
-from kvferry.client.transports import same_host
+from kvferry.client.transports import host_rows, same_host
 from kvferry.v1 import transfer_pb2 as pb
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ class ShmTransport:
         return ShmPool.of(info)
 
     def source_rows(self, rows: Any, row_bytes: int) -> np.ndarray:
-        return np.frombuffer(as_row_bytes(rows, row_bytes), dtype=np.uint8).reshape(-1, row_bytes)
+        return host_rows(rows, row_bytes)
 
 
 SHM = ShmTransport()
