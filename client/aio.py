@@ -6,7 +6,6 @@ the transports make (``kvferry.client.transports``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -178,7 +177,11 @@ class AsyncClient:
         for way in choices:
             if not way.one_sided:
                 return way, None
-            if named or way.why_not(info) is None:
-                with contextlib.suppress(*(() if named else (TransportUnavailable,))):
+            if named:
+                return way, await self._link(way, info)
+            if way.why_not(info) is None:
+                try:
                     return way, await self._link(way, info)
-        return self.transports.fallback, None  # every candidate failed to connect
+                except TransportUnavailable:
+                    continue  # e.g. no CUDA in this process: the next way will do
+        return self.transports.fallback, None

@@ -91,7 +91,7 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     reader: WindowReader | None = None  # None: Read through gRPC
     named = len(choices) == 1  # a transport named outright: why it cannot work is the answer
     for way in choices:
-        if way.reads_windows and (named or way.why_not(info) is None):
+        if named or way.why_not(info) is None:
             try:
                 reader = await self._link(way, info)
                 break
@@ -166,14 +166,13 @@ async def _check_still_window(self: AsyncClient, transfer_id: str, st: pb.Transf
     """The window stays the receiver's until it resumes, unless the transfer failed and its
     blocks went to another: then what was read may hold their rows, and must not be used."""
     intact = reader.still_window(st)
-    if intact is None:  # this link cannot tell: the server can
-        now = await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id,
-                                                  incarnation=st.incarnation), metadata=md)
-        intact = now.state != FAILED and now.window_epoch == st.window_epoch
-    if not intact:
-        now = await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id,
-                                                  incarnation=st.incarnation), metadata=md)
-        raise TransferFailed(transfer_id, now.failure_reason or f"the window was freed while "
+    if intact:
+        return
+    now = await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id,
+                                              incarnation=st.incarnation), metadata=md)
+    if intact is None and now.state != FAILED and now.window_epoch == st.window_epoch:
+        return  # this link could not tell; the server says the window is still the reader's
+    raise TransferFailed(transfer_id, now.failure_reason or f"the window was freed while "
                              f"{during}: what was read is not its rows", now)
 
 

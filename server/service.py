@@ -228,6 +228,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         if msg is None:
             raise InvalidArgument("the Push stream carried no message; the first must carry "
                                   "transfer_id and total_tokens", reason=Reason.BAD_STREAM)
+        first = msg  # the one message that names the transfer
         try:
             t = await self._attach(msg, presented, "Push")
             async with _EndsWithTransfer(t, self.notifier) as ends:
@@ -239,7 +240,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
                     await self._write(t, msg.start_token, msg.rows)
                     msg = await ends.next_of(requests)
         except TransferError as e:  # the pipeline cannot see which transfer a stream is for
-            e.transfer_id = e.transfer_id or msg.transfer_id
+            e.transfer_id = e.transfer_id or first.transfer_id
             raise
         if t.state is State.FAILED:  # a sender never hears OK for a transfer that failed
             raise refusals.transfer_failed(t)
@@ -307,7 +308,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
                     if left <= 0:
                         raise NotFound(f"no receiver opened transfer {msg.transfer_id!r} within the "
                                        f"bootstrap timeout ({self.config.bootstrap_timeout:g}s); the "
-                                       f"receiver must Open it", reason=Reason.NOT_OPENED) from None
+                                       f"receiver must Open it", Reason.NOT_OPENED,
+                                       msg.transfer_id) from None
                     self.senders_waiting += 1
                     try:
                         await self.notifier.wait(msg.transfer_id, timeout=left)
@@ -320,7 +322,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def _write(self, t: Transfer, start_token: int, rows: bytes | memoryview) -> None:
         if len(rows) % self.row_bytes:
             raise InvalidArgument(f"rows is {len(rows)} bytes, not a multiple of row_bytes="
-                                  f"{self.row_bytes}; send whole rows (see GetPoolInfo)", reason=Reason.PARTIAL_ROW)
+                                  f"{self.row_bytes}; send whole rows (see GetPoolInfo)",
+                                  Reason.PARTIAL_ROW, t.transfer_id)
         n = len(rows) // self.row_bytes
         done = 0
         while True:

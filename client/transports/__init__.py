@@ -67,7 +67,8 @@ class Transport(Protocol):
     one_sided: bool
     # ``connect`` maps the pool into this process (``AsyncClient.map_pool``).
     maps_pool: bool
-    # ``connect``'s link is a WindowReader over host memory (``receive`` copies windows out).
+    # ``receive`` can read a full window this way: through ``connect``'s link, a WindowReader over
+    # host memory, or with Read where the link is None (gRPC).
     reads_windows: bool
 
     def why_not(self, info: pb.PoolInfo) -> str | None:
@@ -149,17 +150,19 @@ class Registry:
     def choices(self, name: str, *, reads: bool = False, maps: bool = False) -> Sequence[Transport]:
         """What ``name`` means, in order of preference; the fallback last where it serves.
         ``reads``: for reading a window (``receive``); ``maps``: for mapping the pool."""
+        def able(t: Transport) -> bool:
+            return (not reads or t.reads_windows) and (not maps or t.maps_pool)
+
         if name != AUTO:
             t = self.get(name)
-            if (reads and not (t.reads_windows or t is self.fallback)) or (maps and not t.maps_pool):
-                able = [n for n, c in self._by_name.items()
-                        if (c.reads_windows or c is self.fallback if reads else c.maps_pool)]
+            if not able(t):
                 what = "read windows" if reads else "map the pool"
-                raise ValueError(f"transport {name!r} cannot {what}; these can: {', '.join(able)}")
+                can = [n for n, c in self._by_name.items() if able(c)]
+                raise ValueError(f"transport {name!r} cannot {what}; these can: {', '.join(can)}")
             return (t,)
         picked = [t for t in self._by_name.values() if t is not self.fallback and t.one_sided
-                  and (not reads or t.reads_windows) and (not maps or t.maps_pool)]
-        return picked if maps else [*picked, self.fallback]
+                  and able(t)]
+        return [*picked, self.fallback] if able(self.fallback) else picked
 
 
 def _default() -> Registry:

@@ -1,6 +1,6 @@
 """Transport ``grpc``: rows travel in Push messages and windows are read with Read. Works from
 anywhere the server can be reached; the client library does both itself (``kvferry.client.
-sending``, ``kvferry.client.receiving``), so this transport has no link of its own."""
+sending``, ``kvferry.client.receiving``), so this transport's link is None."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class GrpcTransport:
     name = "grpc"
     one_sided = False
     maps_pool = False
-    reads_windows = False  # Read is the receiver's own way, not a link's
+    reads_windows = True  # with Read: no link (None), the receiver calls Read itself
 
     def why_not(self, info: pb.PoolInfo) -> str | None:
         return None

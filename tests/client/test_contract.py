@@ -55,6 +55,14 @@ def test_refusals_about_a_transfer_name_it_in_their_metadata(seed: ServerProcess
             INFO_TRANSFER_ID: "meta", INFO_FAILURE_REASON: "aborted: layout refused"})
         stub.Release(pb.ReleaseRequest(transfer_id="meta"))
 
+        stub.Open(pb.OpenRequest(transfer_id="ragged", window_tokens=8))
+        with pytest.raises(grpc.RpcError) as ragged:  # refused at the stream's second message
+            stub.Push(iter([pb.PushRequest(transfer_id="ragged", total_tokens=8, rows=b"\0" * 64),
+                            pb.PushRequest(start_token=1, rows=b"\0" * 65)]))
+        assert _info(ragged.value) == ("PARTIAL_ROW", {INFO_TRANSFER_ID: "ragged"})
+        stub.Abort(pb.AbortRequest(transfer_id="ragged", reason="test over"))
+        stub.Release(pb.ReleaseRequest(transfer_id="ragged"))
+
         with pytest.raises(grpc.RpcError) as hostile:  # a malformed id is not echoed back
             stub.Poll(pb.PollRequest(transfer_id="bad\nid"))
         assert _info(hostile.value) == ("BAD_TRANSFER_ID", {})

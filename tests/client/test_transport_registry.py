@@ -96,10 +96,18 @@ def test_the_registry_orders_auto_and_says_who_can_read() -> None:
 
 
 def test_the_async_client_takes_a_registry_too(plugged: ServerProcess) -> None:
-    async def main() -> tuple[bool, bool]:
-        async with AsyncClient(plugged.target,
-                               transports=TRANSPORTS.replaced(SocketTransport())) as c:
-            link = await c._link(c.transports.get("socket"), await c.pool_info())
-            return c.transports.get("socket").one_sided, link is not None
+    rows = np.arange(24 * 64, dtype=np.uint8).reshape(24, 64)
+    commits = plugged.metric("grpc_server_handled_total", _labels("Commit", "unary"))
 
-    assert asyncio.run(main()) == (True, True)
+    async def main() -> bytes:
+        async with AsyncClient(plugged.target) as rx, \
+                AsyncClient(plugged.target, transports=TRANSPORTS.replaced(SocketTransport())) as tx:
+            send = asyncio.create_task(tx.send("async-plug", rows, transport="socket"))
+            got = b"".join([bytes(w.data) async for w in rx.receive("async-plug", 8, transport="grpc")])
+            await send
+            return got
+
+    assert asyncio.run(main()) == rows.tobytes()
+    # Three 8-row windows, each committed through the plug-in's link.
+    assert plugged.wait_metric("grpc_server_handled_total", _labels("Commit", "unary"),
+                               commits + 3) >= commits + 3
