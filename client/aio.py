@@ -13,7 +13,13 @@ from typing import Any
 import grpc
 
 from kvferry.client import receiving, sending
-from kvferry.client.contract import AUTHORIZATION_KEY, TransportUnavailable
+from kvferry.client.contract import (
+    AUTHORIZATION_KEY,
+    CALL_TIMEOUT_S,
+    KEEPALIVE_S,
+    KEEPALIVE_TIMEOUT_S,
+    TransportUnavailable,
+)
 from kvferry.client.errors import typed_errors, typed_stream
 from kvferry.client.receiving import Window
 from kvferry.client.secrets import receiver_metadata
@@ -38,12 +44,27 @@ class AsyncClient:
                  credentials: grpc.ChannelCredentials | None = None,
                  call_metadata: Sequence[tuple[str, str]] = (),
                  options: Sequence[tuple[str, Any]] = (),
-                 transports: Registry | None = None) -> None:
+                 transports: Registry | None = None, keepalive_s: float = KEEPALIVE_S,
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+                 call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         """``token``: the server's bearer token (--auth-token-file), sent with every call.
         ``credentials``: TLS, e.g. ``grpc.ssl_channel_credentials(ca, key, cert)``.
         ``transports``: the ways rows may travel (default: ``kvferry.client.transports.
-        TRANSPORTS``, with any you registered)."""
+        TRANSPORTS``, with any you registered). ``keepalive_s``, ``keepalive_timeout_s``: this
+        client pings the server after that long and gives the connection up when a ping goes
+        unanswered that long, failing every call on it: a partition is known within their sum,
+        streams included (keep ``keepalive_s`` above the server's --keepalive-min-ping).
+        ``call_timeout_s``: the deadline of every unary call. ``options`` (gRPC channel
+        options) come last and win."""
+        self.target = target
+        self.call_timeout = call_timeout_s
         opts = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG),
+                ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+                # gRPC 1.6x+ times a ping out with this (60 s by default), not the above.
+                ("grpc.http2.ping_timeout_ms", int(keepalive_timeout_s * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
                 *options]
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=opts)
@@ -76,7 +97,7 @@ class AsyncClient:
             self._pool.cancelled() or self._pool.exception() is not None)
         if self._pool is None or refresh or failed:
             self._pool = asyncio.ensure_future(
-                self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), metadata=self._md))
+                self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), timeout=self.call_timeout, metadata=self._md))
         return await asyncio.shield(self._pool)
 
     # ``secret``: the transfer's secret (kvferry.client.secrets), for a transfer bound to one.
@@ -86,21 +107,21 @@ class AsyncClient:
     async def poll(self, transfer_id: str, *, secret: str | None = None,
                    incarnation: int = 0) -> pb.TransferStatus:
         return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id, incarnation=incarnation),
-                                    metadata=self._md + receiver_metadata(secret))
+                                    timeout=self.call_timeout, metadata=self._md + receiver_metadata(secret))
 
     @typed_errors
     async def abort(self, transfer_id: str, reason: str, *, secret: str | None = None,
                     incarnation: int = 0) -> pb.TransferStatus:
         return await self.stub.Abort(pb.AbortRequest(transfer_id=transfer_id, reason=reason,
                                                      incarnation=incarnation),
-                                     metadata=self._md + receiver_metadata(secret))
+                                     timeout=self.call_timeout, metadata=self._md + receiver_metadata(secret))
 
     @typed_errors
     async def release(self, transfer_id: str, *, secret: str | None = None,
                       incarnation: int = 0) -> pb.ReleaseResponse:
         return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id,
                                                          incarnation=incarnation),
-                                       metadata=self._md + receiver_metadata(secret))
+                                       timeout=self.call_timeout, metadata=self._md + receiver_metadata(secret))
 
     @typed_errors
     async def open(self, transfer_id: str, window_tokens: int = 0, *,
@@ -110,7 +131,7 @@ class AsyncClient:
         lets one process open a transfer and another read it."""
         opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
                                                      window_tokens=window_tokens),
-                                      metadata=self._md + receiver_metadata(secret))
+                                      timeout=self.call_timeout, metadata=self._md + receiver_metadata(secret))
         return opened.status
 
     @typed_stream
@@ -127,7 +148,7 @@ class AsyncClient:
 
     @typed_errors
     async def stats(self) -> pb.StatsResponse:
-        return await self.stub.Stats(pb.StatsRequest(), metadata=self._md)
+        return await self.stub.Stats(pb.StatsRequest(), timeout=self.call_timeout, metadata=self._md)
 
     @typed_errors
     async def list_transfers(self, states: Sequence[pb.TransferState] = (), page_size: int = 100,
@@ -137,7 +158,8 @@ class AsyncClient:
         token = ""
         while True:
             page = await self.stub.List(pb.ListRequest(page_size=page_size, page_token=token,
-                                                       states=list(states)), metadata=self._md)
+                                                       states=list(states)),
+                                        timeout=self.call_timeout, metadata=self._md)
             out.extend(page.transfers)
             token = page.next_page_token
             if not token or (limit is not None and len(out) >= limit):
@@ -145,7 +167,7 @@ class AsyncClient:
 
     @typed_errors
     async def export_pool(self) -> pb.ExportPoolResponse:
-        return await self.stub.ExportPool(pb.ExportPoolRequest(), metadata=self._md)
+        return await self.stub.ExportPool(pb.ExportPoolRequest(), timeout=self.call_timeout, metadata=self._md)
 
     @typed_errors
     async def map_pool(self, transport: str = "auto") -> Any:

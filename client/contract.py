@@ -27,6 +27,21 @@ DOMAIN = "kvferry"
 INFO_TRANSFER_ID = "transfer_id"
 INFO_FAILURE_REASON = "failure_reason"
 
+# Liveness of a connection, which both sides must agree on. Each side pings a connection's peer
+# KEEPALIVE_S after the last ping, with or without calls in flight; a ping unanswered for
+# KEEPALIVE_TIMEOUT_S closes the connection, which fails every call on it (UNAVAILABLE). So a
+# partition, which no RST announces, is known within KEEPALIVE_S + KEEPALIVE_TIMEOUT_S (8 s): the
+# streams that may legitimately wait long (Watch, Push, Attach) are bounded by this, not by
+# deadlines. The server accepts a client's pings as often as every MIN_PING_INTERVAL_S (more often
+# earns a GOAWAY "too_many_pings"): below the client's interval, so a healthy idle connection is
+# never sent away. Unary calls get CALL_TIMEOUT_S as their deadline, retries and a connect to an
+# unreachable server included: they take milliseconds on a live server, and a call issued into a
+# partition must end within the same bound as the streams.
+KEEPALIVE_S = 4.0
+KEEPALIVE_TIMEOUT_S = 4.0
+MIN_PING_INTERVAL_S = 1.0
+CALL_TIMEOUT_S = 5.0
+
 _PREFIX = "ERROR_REASON_"
 # The stable refusal codes, as ErrorInfo.reason spells them: the contract's ErrorReason enum
 # (kvferry.v1) without its prefix.

@@ -166,7 +166,11 @@ def details_of(error: grpc.RpcError) -> tuple[str, float | None, dict[str, str]]
     return reason, retry, info
 
 
-def typed(error: grpc.RpcError, transfer_id: str = "") -> KvferryError:
+# Codes a call ends with when the server never answered: the message names the server.
+_UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def typed(error: grpc.RpcError, transfer_id: str = "", server: str = "") -> KvferryError:
     """The typed error for a raw grpc one. Facts come from the refusal's ErrorInfo metadata, never
     from its message: the transfer it concerns (``transfer_id``, the id the call named, is the
     fallback for a refusal that carries none, e.g. the server was unreachable) and, for ABORTED,
@@ -176,6 +180,8 @@ def typed(error: grpc.RpcError, transfer_id: str = "") -> KvferryError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or code.name.lower()
     reason, retry, info = details_of(error)
+    if server and not reason and code in _UNANSWERED:
+        message = f"the kvferry server at {server} did not answer: {message}"
     if transfer_id and INFO_TRANSFER_ID not in info:
         info[INFO_TRANSFER_ID] = transfer_id
     if code == grpc.StatusCode.ABORTED:
@@ -209,7 +215,7 @@ def _transfer_id_of(method: Callable[..., Any]) -> Callable[..., str]:
 def typed_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A public call raising ``KvferryError``s, never raw grpc errors. A refusal names its
     transfer itself; the call's own ``transfer_id`` argument stands in where it cannot (the
-    server was unreachable)."""
+    server was unreachable), and the client's target names the server that did not answer."""
     transfer_id = _transfer_id_of(method)
 
     @functools.wraps(method)
@@ -219,7 +225,7 @@ def typed_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Cor
         except KvferryError:
             raise
         except grpc.RpcError as e:
-            raise typed(e, transfer_id(*args, **kwargs)) from e
+            raise typed(e, transfer_id(*args, **kwargs), _server(args)) from e
 
     return call
 
@@ -238,11 +244,24 @@ def typed_stream(method: Callable[P, AsyncGenerator[T, None]]) -> Callable[P, As
         except KvferryError:
             raise
         except grpc.RpcError as e:
-            raise typed(e, transfer_id(*args, **kwargs)) from e
+            raise typed(e, transfer_id(*args, **kwargs), _server(args)) from e
         finally:
             await items.aclose()
 
     return stream
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the server could not be reached (no answer at all, rather than a
+    refusal): then there is no point in telling it anything, e.g. in a cleanup."""
+    if not isinstance(error, grpc.RpcError) or not hasattr(error, "code"):
+        return False
+    return error.code() in _UNANSWERED and not details_of(error)[0]
+
+
+def _server(args: tuple[Any, ...]) -> str:
+    """The target of the client whose method was called (its first argument)."""
+    return str(getattr(args[0], "target", "")) if args else ""
 
 
 async def quietly(call: Awaitable[Any]) -> None:

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from kvferry.client.contract import TransportUnavailable
-from kvferry.client.errors import TransferFailed, quietly, typed_stream
+from kvferry.client.errors import TransferFailed, quietly, typed_stream, unreachable
 from kvferry.client.secrets import receiver_metadata
 from kvferry.client.transports import WindowReader
 from kvferry.v1 import transfer_pb2 as pb
@@ -82,7 +82,8 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     owner = open or bool(incarnation)
     if open:
         opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
-                                                     window_tokens=window_tokens), metadata=md)
+                                                     window_tokens=window_tokens),
+                                      timeout=self.call_timeout, metadata=md)
         incarnation = opened.status.incarnation
     elif not incarnation:
         incarnation = (await _wait_for(self, transfer_id, wait_open, md)).incarnation
@@ -102,6 +103,7 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     checked = check_metadata is None
     reason = "receiver stopped before the last window"
     finished = False
+    lost = False  # the server was found unreachable
     watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation),
                             metadata=md)
     try:
@@ -131,22 +133,27 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
                                                     sent_tokens=st.sent_tokens,
                                                     window_tokens=window_tokens,
                                                     incarnation=incarnation),
-                                   metadata=md)
+                                   timeout=self.call_timeout, metadata=md)
         raise TransferFailed(transfer_id, "the Watch stream ended before the last window "
                              "(is the server stopping?)")
     except TransferFailed:
         raise
     except Exception as e:
         reason = f"receiver failed: {e}"
+        # A server that cannot be reached cannot be told: its own timeouts end the transfer,
+        # and the caller learns now rather than after cleanups that would time out too.
+        lost = unreachable(e)
         raise
     finally:
         watch.cancel()
-        if not finished and owner:
+        if not finished and owner and not lost:
             await quietly(self.stub.Abort(pb.AbortRequest(
-                transfer_id=transfer_id, reason=reason, incarnation=incarnation), metadata=md))
-        if release:
+                transfer_id=transfer_id, reason=reason, incarnation=incarnation),
+                timeout=self.call_timeout, metadata=md))
+        if release and not lost:
             await quietly(self.stub.Release(pb.ReleaseRequest(
-                transfer_id=transfer_id, incarnation=incarnation), metadata=md))
+                transfer_id=transfer_id, incarnation=incarnation),
+                timeout=self.call_timeout, metadata=md))
 
 
 async def _read_window(self: AsyncClient, transfer_id: str, st: pb.TransferStatus,
@@ -169,7 +176,7 @@ async def _check_still_window(self: AsyncClient, transfer_id: str, st: pb.Transf
     if intact:
         return
     now = await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id,
-                                              incarnation=st.incarnation), metadata=md)
+                                              incarnation=st.incarnation), timeout=self.call_timeout, metadata=md)
     if intact is None and now.state != FAILED and now.window_epoch == st.window_epoch:
         return  # this link could not tell; the server says the window is still the reader's
     raise TransferFailed(transfer_id, now.failure_reason or f"the window was freed while "
@@ -181,7 +188,7 @@ async def _wait_for(self: AsyncClient, transfer_id: str, seconds: float,
     deadline = asyncio.get_running_loop().time() + seconds
     while True:
         try:
-            return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id), metadata=md)
+            return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id), timeout=self.call_timeout, metadata=md)
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.NOT_FOUND or asyncio.get_running_loop().time() > deadline:
                 raise

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from kvferry.client.contract import MESSAGE_BUDGET
-from kvferry.client.errors import TransferFailed, quietly, typed_errors
+from kvferry.client.errors import TransferFailed, quietly, typed_errors, unreachable
 from kvferry.client.mooncake import WriteMayLand
 from kvferry.client.rows import as_row_bytes
 from kvferry.client.secrets import sender_metadata
@@ -98,7 +98,8 @@ async def _send_one_sided(self: AsyncClient, way: str, pool: Writer, transfer_id
             upto = min(end, grant.start_token + grant.tokens)
             if upto <= grant.start_token:  # every row of this call is delivered already
                 return await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id,
-                                                           incarnation=incarnation), metadata=md)
+                                                           incarnation=incarnation),
+                                            timeout=self.call_timeout, metadata=md)
             lent = grant.epoch
             if (upto - grant.start_token) * row_bytes >= INLINE_WRITE_BYTES:
                 writing = asyncio.ensure_future(asyncio.to_thread(pool.write, grant, src,
@@ -110,7 +111,7 @@ async def _send_one_sided(self: AsyncClient, way: str, pool: Writer, transfer_id
             try:
                 reply = await self.stub.Commit(pb.CommitRequest(
                     transfer_id=transfer_id, epoch=grant.epoch, start_token=grant.start_token,
-                    tokens=upto - grant.start_token, incarnation=incarnation), metadata=md)
+                    tokens=upto - grant.start_token, incarnation=incarnation), timeout=self.call_timeout, metadata=md)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
                     raise
@@ -129,12 +130,16 @@ async def _send_one_sided(self: AsyncClient, way: str, pool: Writer, transfer_id
         lent = None
         reason = f"sender: {e}"
         await quietly(self.stub.Abort(pb.AbortRequest(transfer_id=transfer_id, reason=reason,
-                                                      incarnation=incarnation), metadata=md))
+                                                      incarnation=incarnation),
+                                      timeout=self.call_timeout, metadata=md))
         raise TransferFailed(transfer_id, reason) from e
     except grpc.aio.AioRpcError as e:
-        if e.code() == grpc.StatusCode.UNAVAILABLE:
-            raise TransferFailed(transfer_id, f"the receiver's server is unreachable "
-                                 f"({e.details()}): the transfer cannot go on") from e
+        if unreachable(e):
+            # Nobody to tell that this writer stopped: the server fences the window until it
+            # learns so, or for its fence timeout.
+            lent = None
+            raise TransferFailed(transfer_id, f"the kvferry server at {self.target} is "
+                                 f"unreachable ({e.details()}): the transfer cannot go on") from e
         raise
     finally:
         grants.cancel()
@@ -145,7 +150,8 @@ async def _send_one_sided(self: AsyncClient, way: str, pool: Writer, transfer_id
                 await writing
         if lent is not None:
             await quietly(self.stub.Detach(pb.DetachRequest(
-                transfer_id=transfer_id, epoch=lent, incarnation=incarnation), metadata=md))
+                transfer_id=transfer_id, epoch=lent, incarnation=incarnation),
+                timeout=self.call_timeout, metadata=md))
         pool.finish(src)
 
 

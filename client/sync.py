@@ -12,6 +12,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import grpc
 
 from kvferry.client.aio import AsyncClient
+from kvferry.client.contract import CALL_TIMEOUT_S, KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
 from kvferry.client.loop_thread import LoopThread
 from kvferry.client.transports import Registry
 
@@ -44,12 +45,16 @@ class Client:
                  credentials: grpc.ChannelCredentials | None = None,
                  call_metadata: Sequence[tuple[str, str]] = (),
                  options: Sequence[tuple[str, Any]] = (),
-                 transports: Registry | None = None) -> None:
+                 transports: Registry | None = None, keepalive_s: float = KEEPALIVE_S,
+                 keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+                 call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._loop = LoopThread("kvferry-client")
 
         async def make() -> AsyncClient:
             return AsyncClient(target, token=token, credentials=credentials,
-                               call_metadata=call_metadata, options=options, transports=transports)
+                               call_metadata=call_metadata, options=options, transports=transports,
+                               keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s,
+                               call_timeout_s=call_timeout_s)
 
         self._aio = self._loop.run(make())
 

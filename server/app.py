@@ -158,6 +158,17 @@ async def _start(config: ServerConfig, storage: BlockStorage,
                         FaultPlan(faults, config.fault_seed) if faults else None)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
+        # A client gone without a word (a partition, a dead host) is found by pinging it: its
+        # connection closes within keepalive + keepalive_timeout and its streams end with it.
+        # Clients' own pings are accepted down to keepalive_min_ping, never counted as strikes
+        # above that, with or without calls in flight (see client.contract).
+        ("grpc.keepalive_time_ms", int(config.keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
+        # gRPC 1.6x+ times a ping out with this (60 s by default), not the above.
+        ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.keepalive_min_ping * 1000)),
         ("grpc.so_reuseport", 0),
         # gRPC core cancels calls that wait for the application beyond 1000 by default; a burst
         # of Opens from a large batch must queue instead.

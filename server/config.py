@@ -9,7 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from kvferry.client.contract import MESSAGE_BUDGET
+from kvferry.client.contract import (
+    KEEPALIVE_S,
+    KEEPALIVE_TIMEOUT_S,
+    MESSAGE_BUDGET,
+    MIN_PING_INTERVAL_S,
+)
 from kvferry.statemachine import Limits
 
 if TYPE_CHECKING:
@@ -33,6 +38,9 @@ class ServerConfig:
     lease_timeout: float = 30.0
     fence_timeout: float = 60.0
     shutdown_grace: float = 10.0
+    keepalive: float = KEEPALIVE_S
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT_S
+    keepalive_min_ping: float = MIN_PING_INTERVAL_S
     max_message_bytes: int = 16 * 1024 * 1024
     max_transfers: int = 10_000
     max_streams: int = 4_096
@@ -61,6 +69,9 @@ class ServerConfig:
                              f"{self.row_bytes} bytes")
         if self.shutdown_grace < 0:
             raise ValueError("shutdown_grace must be >= 0")
+        for name in ("keepalive", "keepalive_timeout", "keepalive_min_ping"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda:N', got {self.device!r}")
         if self.max_streams <= 0:
@@ -164,6 +175,12 @@ _HELP: dict[str, str] = {
     "mooncake_device": "NICs the engine may use, comma-separated (rdma; empty: all)",
     "transport_plugins": "server halves of transports of your own, comma-separated MODULE:FACTORY "
                          "(see kvferry.server.transports); empty: none",
+    "keepalive": "seconds after which the server pings a client's connection (a partition is "
+                 "known within keepalive + keepalive_timeout; clients ping at their own interval)",
+    "keepalive_timeout": "seconds a ping may go unanswered before the connection is closed and "
+                         "every call on it fails",
+    "keepalive_min_ping": "the shortest interval at which clients may ping (more often: GOAWAY "
+                          "too_many_pings); keep it below every client's keepalive",
     "shutdown_grace": "seconds in-flight calls get to finish after SIGTERM",
     "max_message_bytes": "largest Push message accepted (bigger: RESOURCE_EXHAUSTED)",
     "max_transfers": "transfers held at once (live or unreleased); Open beyond: RESOURCE_EXHAUSTED",

@@ -13,16 +13,19 @@ from typing import Any, TypeVar
 
 from kvferry.client.aio import AsyncClient
 from kvferry.client.loop_thread import LoopThread
+from kvferry.integrations.vllm.config import ConnectorConfig
 
 T = TypeVar("T")
 
 
 class Bridge:
-    def __init__(self, target: str, token: str | None, name: str) -> None:
+    def __init__(self, config: ConnectorConfig, name: str) -> None:
         self._thread = LoopThread(name)
 
         async def make() -> AsyncClient:
-            return AsyncClient(target, token=token)
+            return AsyncClient(config.target, token=config.token, keepalive_s=config.keepalive_s,
+                               keepalive_timeout_s=config.keepalive_timeout_s,
+                               call_timeout_s=config.call_timeout_s)
 
         self.client = self.run(make())
         # Connect now, in the background: the first transfer should not pay for the TCP and

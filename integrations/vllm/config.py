@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvferry.client.contract import CALL_TIMEOUT_S, KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
 from kvferry.client.secrets import MIN_SECRET_CHARS
 from kvferry.client.transports import TRANSPORTS
 
@@ -18,7 +19,8 @@ PREFIX = "kvferry_"
 # Every key the connector reads (docs/vllm.md lists each; a test holds the two together).
 KEYS = tuple(PREFIX + k for k in ("target", "token_file", "secret_file", "window_tokens",
                                   "transport", "sender_wait_s", "on_failure",
-                                  "transfer_id_prefix", "max_sends_in_flight"))
+                                  "transfer_id_prefix", "max_sends_in_flight", "keepalive_s",
+                                  "keepalive_timeout_s", "call_timeout_s"))
 ON_FAILURE = ("encode", "fail")
 
 
@@ -54,6 +56,13 @@ class ConnectorConfig:
     max_sends_in_flight: int = 64
     """Producer: sends waiting for their consumer at once; more are refused (and logged) rather
     than holding encoder outputs without bound."""
+    keepalive_s: float = KEEPALIVE_S
+    """Both roles: the connector's client pings the server after this long, and gives a
+    connection up when a ping goes unanswered ``keepalive_timeout_s``: a partitioned server fails
+    the affected requests (or they are encoded locally) within the sum, and the engine serves on."""
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+    call_timeout_s: float = CALL_TIMEOUT_S
+    """The deadline of each unary call to the server."""
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> ConnectorConfig:
@@ -90,6 +99,12 @@ class ConnectorConfig:
             transfer_id_prefix=str(extra.get(f"{PREFIX}transfer_id_prefix", cls.transfer_id_prefix)),
             max_sends_in_flight=_number(extra, f"{PREFIX}max_sends_in_flight",
                                         cls.max_sends_in_flight, int, minimum=1),
+            keepalive_s=_number(extra, f"{PREFIX}keepalive_s", cls.keepalive_s, float,
+                                minimum=0.1),
+            keepalive_timeout_s=_number(extra, f"{PREFIX}keepalive_timeout_s",
+                                        cls.keepalive_timeout_s, float, minimum=0.1),
+            call_timeout_s=_number(extra, f"{PREFIX}call_timeout_s", cls.call_timeout_s, float,
+                                   minimum=0.1),
         )
 
 

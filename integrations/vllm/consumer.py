@@ -88,7 +88,7 @@ class Arrivals:
         """DTYPE: the model's, when the engine has one: an embedding of another is refused."""
         self.config = config
         self.dtype = dtype
-        self.bridge = Bridge(config.target, config.token, "kvferry-vllm-scheduler")
+        self.bridge = Bridge(config, "kvferry-vllm-scheduler")
         self.expected: dict[str, Expected] = {}
         self.resident: set[str] = set()  # in this engine's encoder cache (loaded or encoded)
         self.loads: list[Load] = []
@@ -286,7 +286,7 @@ class Loader:
         self.config = config
         self.device = device
         self.model = model
-        self.bridge = Bridge(config.target, config.token, "kvferry-vllm-worker")
+        self.bridge = Bridge(config, "kvferry-vllm-worker")
         self.loaded = 0
         self._pool: Any = None  # ShmPool or MappedPool; False: cannot be mapped here
         self.bridge.submit(self._map_early())

@@ -40,7 +40,7 @@ class ProducerCounts:
 class Producer:
     def __init__(self, config: ConnectorConfig) -> None:
         self.config = config
-        self.bridge = Bridge(config.target, config.token, "kvferry-vllm-producer")
+        self.bridge = Bridge(config, "kvferry-vllm-producer")
         self.in_flight: dict[str, Future[None]] = {}
         self.sent: OrderedDict[str, None] = OrderedDict()
         self.counts = ProducerCounts()

@@ -90,6 +90,8 @@ def test_default_values_map_one_to_one_onto_serve_flags() -> None:
     assert (cfg.lease_timeout, cfg.max_transfers, cfg.max_streams) == (
         s["leaseTimeout"], s["maxTransfers"], s["maxStreams"])
     assert cfg.fence_timeout == s["fenceTimeout"]
+    assert (cfg.keepalive, cfg.keepalive_timeout, cfg.keepalive_min_ping) == (
+        s["keepalive"], s["keepaliveTimeout"], s["keepaliveMinPing"])
     assert not cfg.auth_token_file and not cfg.tls_cert
     # Transfers need their secrets by default (see "Security" in docs/protocol.md).
     assert cfg.require_transfer_secrets is True and cfg.max_metadata_bytes == 64 * 1024

@@ -72,6 +72,9 @@ app.kubernetes.io/part-of: kvferry
 - --retention={{ .Values.server.retention }}
 - --lease-timeout={{ .Values.server.leaseTimeout }}
 - --fence-timeout={{ .Values.server.fenceTimeout }}
+- --keepalive={{ .Values.server.keepalive }}
+- --keepalive-timeout={{ .Values.server.keepaliveTimeout }}
+- --keepalive-min-ping={{ .Values.server.keepaliveMinPing }}
 {{- with .Values.server.mooncake }}
 - --mooncake={{ . }}
 {{- end }}

@@ -4,6 +4,7 @@ moving embeddings through a real kvferry server process."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 from kvferry.client import Client
 from kvferry.integrations.vllm.config import ConfigError
 
+from support.fault_proxy import FaultProxy
 from support.kvserver import ServerProcess, start_server, wait_until
 
 
@@ -109,6 +111,52 @@ def test_no_sender_falls_back_to_local_encoding(ec_server: ServerProcess, tiny_m
     finally:
         scheduler.shutdown()
         failing.shutdown()
+
+
+def test_a_partitioned_server_falls_back_within_the_keepalive_bound(tiny_model: Path) -> None:
+    """A request waits for its embedding (the sender wait is long) when the link to the kvferry
+    server goes silent: the connector's keepalive gives the connection up, the request falls back
+    to local encoding, and the engine's next request is served once the link heals."""
+    keepalive = 0.5
+    srv = start_server(keepalive=keepalive, keepalive_timeout=keepalive, keepalive_min_ping=0.1,
+                       lease_timeout=2, bootstrap_timeout=2, retention=2)
+    proxy = FaultProxy(srv.grpc_port)
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, proxy.target, kvferry_sender_wait_s=600,
+                     kvferry_keepalive_s=keepalive, kvferry_keepalive_timeout_s=keepalive,
+                     kvferry_call_timeout_s=4 * keepalive)
+    try:
+        req = request("cut off", image_hash(11), 10)
+        assert not scheduler.ensure_cache_available(req, 0)  # waiting for a sender
+        wait_until(lambda: srv.pool_info().transfers == 1, "the Open")
+        proxy.partition()
+        # Bounded far below the 600 s sender wait: only the keepalive can end it this soon.
+        wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the fallback to encoding",
+                   within=20 * 2 * keepalive + 5)
+        assert not scheduler.has_cache_item(image_hash(11))  # vLLM encodes it itself
+        scheduler.update_state_after_alloc(req, 0)
+        proxy.heal()
+        # Right after the heal the channel may still be in its reconnect backoff: a request then
+        # falls back at once (as it should). Fresh requests until one is held back for its
+        # sender, its Open made over the healed link.
+        tried: list[object] = []
+
+        def held_back() -> bool:
+            other = request(f"after-{len(tried)}", image_hash(100 + len(tried)), 10)
+            tried.append(other)
+            if scheduler.ensure_cache_available(other, 0):
+                time.sleep(0.1)  # fell back: pace the next try while the channel reconnects
+                return False
+            return True
+
+        wait_until(held_back, "a request served over the healed link")
+        wait_until(lambda: srv.pool_info().transfers >= 1, "its Open on the server")
+        for r in [*tried, req]:
+            scheduler.request_finished(r)
+        srv.assert_pool_free(timeout=10)  # the cut-off Open is given back by the server's lease
+    finally:
+        scheduler.shutdown()
+        proxy.close()
+        assert srv.stop() == 0
 
 
 @pytest.mark.parametrize("ends", ["after the Open", "at once"])
