@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import core_figures, grpc_figures, one_sided_figures, wire_figures
+from bench import core_figures, grpc_figures, link_figures, one_sided_figures, wire_figures
 from bench.report import print_report, run_plan, to_json
 
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="", help="also write the figures here as JSON")
     ap.add_argument("--only", nargs="*", default=[],
                     choices=["control", "resume", "data", "core", "allocator", "growth", "wire", "shm", "turnaround",
-                             "mooncake"])
+                             "mooncake", "link"])
     args = ap.parse_args(argv)
     smoke = args.smoke
     plan = {
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 total_mib=16 if smoke else 256,
                                                                 window_mib=4 if smoke else 16),
         "turnaround": lambda: one_sided_figures.window_turnaround(windows=10 if smoke else 300),
+        "link": lambda: link_figures.slow_link(delay_s=0.01, windows=4 if smoke else 50,
+                                               rounds=1 if smoke else 3),
         "wire": lambda: wire_figures.decode_crossover((64, 128) if smoke else (32, 64, 128, 256, 1024),
                                                       number=20 if smoke else 2_000),
     }

@@ -1,5 +1,5 @@
 """Faults between hosts that a process kill does not show, through a proxy the test controls
-(tests/support/fault_proxy.py) in front of a real server: a partition (packets vanish, no RST),
+(kvferry.testing.fault_proxy) in front of a real server: a partition (packets vanish, no RST),
 a reset, a slow link. Every side learns within keepalive + keepalive timeout and raises a typed
 error naming the server; nothing hangs.
 
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from kvferry.client import Client, KvferryError
+from kvferry.testing.fault_proxy import FaultProxy
 
-from support.fault_proxy import FaultProxy
 from support.kvserver import ServerProcess, start_server, wait_until
 
 KEEPALIVE = 0.5

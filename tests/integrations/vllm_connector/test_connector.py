@@ -17,8 +17,8 @@ from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 
 from kvferry.client import Client
 from kvferry.integrations.vllm.config import ConfigError
+from kvferry.testing.fault_proxy import FaultProxy
 
-from support.fault_proxy import FaultProxy
 from support.kvserver import ServerProcess, start_server, wait_until
 
 

@@ -1,12 +1,13 @@
-"""A TCP proxy the tests control, for the faults a process kill does not show (``tc netem`` does
-not exist in this kernel): placed between a client and a server on loopback (or between network
-namespaces), it forwards bytes both ways until told otherwise.
+"""A TCP proxy a test controls (kvferry's own, and yours), for the faults a process kill does not
+show (``tc netem`` does not exist in this kernel): placed between a client and a server on
+loopback (or between network namespaces), it forwards bytes both ways until told otherwise.
 
 - ``partition(direction)``: bytes stop crossing, one way ("up": client to server, "down") or both,
   and nothing says so: no RST, no FIN. The proxy stops reading, so the kernel's buffers fill as a
   partitioned link's retransmissions would; ``heal()`` lets them flow on, as TCP would after a
   partition shorter than its own give-up time.
-- ``delay(seconds)``: each chunk waits that long before it is forwarded (a slow link, per way).
+- ``delay(seconds)``: each chunk is forwarded that long after it arrived, chunks in flight
+  overlapping (a link with that latency, per way).
 - ``reset()``: every connection is closed with an RST.
 - ``half_close(direction)``: the proxy sends FIN one way and forwards nothing more that way.
 
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvferry.client.loop_thread import LoopThread
@@ -60,7 +62,11 @@ class FaultProxy:
         self._set(direction, lambda w: w.open.clear())
 
     def heal(self) -> None:
-        self._set("both", lambda w: (w.open.set(), setattr(w, "delay", 0.0)))
+        def mend(w: _Way) -> None:
+            w.open.set()
+            w.delay = 0.0
+
+        self._set("both", mend)
 
     def delay(self, seconds: float, direction: str = "both") -> None:
         self._set(direction, lambda w: setattr(w, "delay", seconds))
@@ -95,14 +101,14 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _set(self, direction: str, change: object) -> None:
+    def _set(self, direction: str, change: Callable[[_Way], object]) -> None:
         ways = WAYS if direction == "both" else (direction,)
         if not set(ways) <= set(WAYS):
             raise ValueError(f"direction {direction!r}: up, down or both")
 
         async def apply() -> None:
             for w in ways:
-                change(self._ways[w])  # type: ignore[operator]
+                change(self._ways[w])
 
         self._thread.run(apply())
 
@@ -125,15 +131,34 @@ class FaultProxy:
 
     @staticmethod
     async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, way: _Way) -> None:
-        while True:
-            await way.open.wait()  # partitioned: read nothing, so the sender's buffers fill
-            data = await src.read(65536)
-            if not data or way.shut:
-                if dst.can_write_eof():
-                    dst.write_eof()
-                return
-            if way.delay:
-                await asyncio.sleep(way.delay)
-            await way.open.wait()  # read just before a partition: held until it heals
-            dst.write(data)
-            await dst.drain()
+        """Read one way and forward each chunk once ``way.delay`` has passed since it was read:
+        chunks in flight overlap, as on a link with that latency (not one after another)."""
+        loop = asyncio.get_running_loop()
+        flight: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await flight.get()
+                if not data:
+                    if dst.can_write_eof():
+                        dst.write_eof()
+                    return
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                await way.open.wait()  # read just before a partition: held until it heals
+                dst.write(data)
+                await dst.drain()
+
+        sending = asyncio.ensure_future(forward())
+        try:
+            while True:
+                await way.open.wait()  # partitioned: read nothing, so the sender's buffers fill
+                data = await src.read(65536)
+                if way.shut:
+                    data = b""
+                flight.put_nowait((loop.time() + way.delay, data))
+                if not data:
+                    break
+            await sending
+        finally:
+            sending.cancel()
