@@ -18,6 +18,7 @@ from kvferry.client.contract import (
     CALL_TIMEOUT_S,
     KEEPALIVE_S,
     KEEPALIVE_TIMEOUT_S,
+    MAX_RECONNECT_BACKOFF_S,
     TransportUnavailable,
 )
 from kvferry.client.errors import typed_errors, typed_stream
@@ -65,6 +66,7 @@ class AsyncClient:
                 ("grpc.http2.ping_timeout_ms", int(keepalive_timeout_s * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
                 *options]
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=opts)
@@ -136,9 +138,15 @@ class AsyncClient:
 
     @typed_stream
     async def watch(self, transfer_id: str, *, secret: str | None = None,
-                    incarnation: int = 0) -> AsyncGenerator[pb.TransferStatus, None]:
-        """The transfer's status now, then at every change, ending after a terminal state."""
-        call = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation),
+                    incarnation: int = 0,
+                    until_done: bool = False) -> AsyncGenerator[pb.TransferStatus, None]:
+        """The transfer's status now, then at every change, ending after a terminal state.
+        ``until_done``: you will not stop watching while the transfer is live, so if this
+        stream breaks off (your process died, its connection was lost) the server fails the
+        transfer ``receiver_gone`` after its reconnect grace, instead of waiting out the lease;
+        leave it False when you stop watching on purpose and read later."""
+        call = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation,
+                                               until_done=until_done),
                                metadata=self._md + receiver_metadata(secret))
         try:
             async for st in call:

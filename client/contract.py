@@ -30,7 +30,7 @@ INFO_FAILURE_REASON = "failure_reason"
 # Liveness of a connection, which both sides must agree on. Each side pings a connection's peer
 # KEEPALIVE_S after the last ping, with or without calls in flight; a ping unanswered for
 # KEEPALIVE_TIMEOUT_S closes the connection, which fails every call on it (UNAVAILABLE). So a
-# partition, which no RST announces, is known within KEEPALIVE_S + KEEPALIVE_TIMEOUT_S (8 s): the
+# partition, which no RST announces, is known within KEEPALIVE_S + KEEPALIVE_TIMEOUT_S (7 s): the
 # streams that may legitimately wait long (Watch, Push, Attach) are bounded by this, not by
 # deadlines. The server accepts a client's pings as often as every MIN_PING_INTERVAL_S (more often
 # earns a GOAWAY "too_many_pings"): below the client's interval, so a healthy idle connection is
@@ -38,9 +38,13 @@ INFO_FAILURE_REASON = "failure_reason"
 # unreachable server included: they take milliseconds on a live server, and a call issued into a
 # partition must end within the same bound as the streams.
 KEEPALIVE_S = 4.0
-KEEPALIVE_TIMEOUT_S = 4.0
+KEEPALIVE_TIMEOUT_S = 3.0
 MIN_PING_INTERVAL_S = 1.0
 CALL_TIMEOUT_S = 5.0
+# After a connection is lost, gRPC reconnects with exponential backoff (up to 120 s by default),
+# and a call between two attempts fails at once: after a partition heals, a client would fail
+# for up to two minutes. Capped here, a healed link carries calls again within this long.
+MAX_RECONNECT_BACKOFF_S = 5.0
 
 _PREFIX = "ERROR_REASON_"
 # The stable refusal codes, as ErrorInfo.reason spells them: the contract's ErrorReason enum

@@ -104,8 +104,10 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     reason = "receiver stopped before the last window"
     finished = False
     lost = False  # the server was found unreachable
-    watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation),
-                            metadata=md)
+    # until_done: this loop watches until the transfer ends (or it aborts it): a receiver that
+    # vanishes mid-transfer is known to the server within its reconnect grace.
+    watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation,
+                                            until_done=True), metadata=md)
     try:
         async for st in watch:
             if st.state == FAILED:

@@ -168,6 +168,10 @@ async def _start(config: ServerConfig, storage: BlockStorage,
         ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # A stream on which the server sends nothing (a Push waiting for the sender's next rows)
+        # is "without data": pings on it are throttled to this interval (5 min by default), so
+        # a sender cut off mid-Push would go unnoticed. Ping at the keepalive interval anyway.
+        ("grpc.http2.min_time_between_pings_ms", int(config.keepalive * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", int(config.keepalive_min_ping * 1000)),
         ("grpc.so_reuseport", 0),
         # gRPC core cancels calls that wait for the application beyond 1000 by default; a burst

@@ -36,6 +36,7 @@ class ServerConfig:
     stall_timeout: float = 60.0
     retention: float = 300.0
     lease_timeout: float = 30.0
+    reconnect_grace: float = 2.0
     fence_timeout: float = 60.0
     shutdown_grace: float = 10.0
     keepalive: float = KEEPALIVE_S
@@ -108,6 +109,7 @@ class ServerConfig:
                       default_window_tokens=self.default_window_tokens,
                       bootstrap_timeout=self.bootstrap_timeout, stall_timeout=self.stall_timeout,
                       retention=self.retention, lease_timeout=self.lease_timeout,
+                      reconnect_grace=self.reconnect_grace,
                       max_transfers=self.max_transfers, fence_timeout=self.fence_timeout,
                       max_metadata_bytes=self.max_metadata_bytes)
 
@@ -165,6 +167,10 @@ _HELP: dict[str, str] = {
     "retention": "seconds a finished transfer stays readable before it is released for you",
     "lease_timeout": "seconds a receiver may go without a call (Poll, Watch, Read, Resume; an open "
                      "Watch counts) before its transfer FAILs as lease_expired",
+    "reconnect_grace": "seconds a side that left early has to call again before its transfer "
+                       "FAILs: sender_gone when the sender's Push or Attach ended before the last "
+                       "row, receiver_gone when a Watch opened until_done ended before the "
+                       "transfer (cancelled, or its connection lost)",
     "fence_timeout": "seconds blocks lent to a one-sided writer stay fenced after their transfer "
                      "failed, unless the writer commits them or detaches first",
     "shm_dir": "memory-backed directory holding a CPU pool, shared with same-host senders "

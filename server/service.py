@@ -78,6 +78,18 @@ class TransferService(pb_grpc.TransferServiceServicer):
         finally:
             self.streams -= 1
 
+    @contextlib.contextmanager
+    def _sender_stream(self, t: Transfer) -> Iterator[None]:
+        """A sender's stream (Push, Attach) is open on ``t``. One that ends while ``t`` is live
+        (cancelled, refused, or its connection lost; a Push half-closed before its last row)
+        leaves the sender the reconnect grace to come back. gRPC does not tell a lost
+        connection from a half-close: a Push's request stream just ends, either way."""
+        self.coord.sender_started(t)
+        try:
+            yield
+        finally:
+            self.coord.sender_ended(t, self.clock())
+
     def _held(self, transfer_id: str, incarnation: int, context: Any, role: Role,
               call: str) -> Transfer:
         """The transfer a call is about, if the call may touch it in ``role`` (its secret) and is
@@ -193,7 +205,9 @@ class TransferService(pb_grpc.TransferServiceServicer):
                     while t.version == seen:  # level-triggered: changes while we sent coalesce
                         await self.notifier.wait(t.transfer_id)
             finally:
-                self.coord.watch_ended(t, self.clock())
+                # until_done: the receiver promised to watch to the end, so a Watch that ends
+                # sooner (cancelled, or its connection lost) means the receiver is gone.
+                self.coord.watch_ended(t, self.clock(), request.until_done)
 
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[bytes]:
         """Serialized ReadResponses (the method is registered with a raw response serializer)."""
@@ -231,14 +245,16 @@ class TransferService(pb_grpc.TransferServiceServicer):
         first = msg  # the one message that names the transfer
         try:
             t = await self._attach(msg, presented, "Push")
-            async with _EndsWithTransfer(t, self.notifier) as ends:
-                while msg is not None:
-                    if msg.transfer_id and msg.transfer_id != t.transfer_id:
-                        raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but a "
-                                              f"message names {msg.transfer_id!r}; use one stream "
-                                              f"per transfer", Reason.BAD_STREAM, t.transfer_id)
-                    await self._write(t, msg.start_token, msg.rows)
-                    msg = await ends.next_of(requests)
+            with self._sender_stream(t):
+                async with _EndsWithTransfer(t, self.notifier) as ends:
+                    while msg is not None:
+                        if msg.transfer_id and msg.transfer_id != t.transfer_id:
+                            raise InvalidArgument(f"this Push stream is for {t.transfer_id!r} but "
+                                                  f"a message names {msg.transfer_id!r}; use one "
+                                                  f"stream per transfer", Reason.BAD_STREAM,
+                                                  t.transfer_id)
+                        await self._write(t, msg.start_token, msg.rows)
+                        msg = await ends.next_of(requests)
         except TransferError as e:  # the pipeline cannot see which transfer a stream is for
             e.transfer_id = e.transfer_id or first.transfer_id
             raise
@@ -256,21 +272,23 @@ class TransferService(pb_grpc.TransferServiceServicer):
                                   reason=Reason.TRANSPORT_NOT_OFFERED)
         with self._stream_slot():
             t = await self._attach(request, Presented.of(context.invocation_metadata()), "Attach")
-            lent = -1
-            while True:
-                if t.state is State.FAILED:
-                    raise refusals.transfer_failed(t)
-                if t.state is State.SUCCESS or t.released:
-                    return
-                g = self.coord.grant(t.transfer_id, t.incarnation)
-                if g is not None and g.epoch != lent:
-                    lent = g.epoch
-                    yield pb.Grant(epoch=g.epoch, start_token=g.start_token, tokens=g.tokens,
-                                   window_start_token=g.window_start_token,
-                                   block_indices=g.blocks, block_tokens=self.coord.limits.block_tokens,
-                                   incarnation=t.incarnation)
-                    continue  # the yield awaited: look again before waiting
-                await self.notifier.wait(t.transfer_id)
+            with self._sender_stream(t):
+                lent = -1
+                while True:
+                    if t.state is State.FAILED:
+                        raise refusals.transfer_failed(t)
+                    if t.state is State.SUCCESS or t.released:
+                        return
+                    g = self.coord.grant(t.transfer_id, t.incarnation)
+                    if g is not None and g.epoch != lent:
+                        lent = g.epoch
+                        yield pb.Grant(epoch=g.epoch, start_token=g.start_token, tokens=g.tokens,
+                                       window_start_token=g.window_start_token,
+                                       block_indices=g.blocks,
+                                       block_tokens=self.coord.limits.block_tokens,
+                                       incarnation=t.incarnation)
+                        continue  # the yield awaited: look again before waiting
+                    await self.notifier.wait(t.transfer_id)
 
     async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
         self._held(request.transfer_id, request.incarnation, context, Role.SENDER, "Commit")

@@ -63,18 +63,39 @@ class Coordinator:
         """``get`` by the receiver (Poll, Read): renews its lease. Not progress."""
         t = self.get(transfer_id, incarnation)
         t.lease_renewed_at = now
+        t.receiver_left_at = None
         return t
 
     def watch_started(self, t: Transfer, now: float) -> None:
         """A Watch stream holds the receiver's lease for as long as it is open."""
         t.watchers += 1
         t.lease_renewed_at = now
+        t.receiver_left_at = None
 
-    def watch_ended(self, t: Transfer, now: float) -> None:
+    def watch_ended(self, t: Transfer, now: float, until_done: bool = False) -> None:
+        """``until_done``: the receiver promised to watch until the transfer ended, so if it
+        is still live, the receiver is gone (its Watch was cancelled, or its connection lost):
+        it has the reconnect grace to call again, not the whole lease."""
         t.watchers -= 1
         t.lease_renewed_at = now
         if not t.watchers and not t.state.terminal and not t.released:
+            if until_done:
+                t.receiver_left_at = now
             # The lease counts again: the deadline may now fall before the one scheduled.
+            self.deadlines.schedule(t)
+
+    def sender_started(self, t: Transfer) -> None:
+        """A sender stream (Push, Attach) attached and is open."""
+        t.senders += 1
+        t.sender_left_at = None
+
+    def sender_ended(self, t: Transfer, now: float) -> None:
+        """A sender stream ended. A sender sends until every row is delivered, so one that
+        ends with the transfer live (cancelled, refused, its connection lost) left it: unless
+        a sender calls again within the reconnect grace, the transfer fails."""
+        t.senders -= 1
+        if not t.senders and not t.state.terminal and not t.released:
+            t.sender_left_at = now
             self.deadlines.schedule(t)
 
     @property
@@ -288,6 +309,7 @@ class Coordinator:
         """The one-sided writer's rows [start_token, start_token + tokens) of window ``epoch``
         have landed: deliver them exactly as a Push's."""
         t = self.get(transfer_id, incarnation)
+        t.sender_left_at = None  # the writer is still there
         end = start_token + tokens
         if tokens <= 0:
             raise refusals.empty_commit(t, tokens)

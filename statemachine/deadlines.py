@@ -3,7 +3,9 @@
 The rules: a live transfer fails when it makes no progress for ``stall_timeout``; in
 BOOTSTRAPPING, also when no sender attached within ``bootstrap_timeout`` of the Open; and when its
 receiver makes no call (Poll, Watch, Read, Resume) for ``lease_timeout``, unless a Watch stream is
-open (it holds the lease). A terminal transfer is released ``retention`` after it ended. (Fences
+open (it holds the lease); and when a side left (the sender's last Push or Attach ended before
+the last row, or the receiver's last Watch opened ``until_done`` ended before the transfer did)
+and made no call within ``reconnect_grace``. A terminal transfer is released ``retention`` after it ended. (Fences
 keep their own deadlines: ``fence.py``.)
 
 ``Deadlines`` is a lazy heap: progress costs nothing here, because a popped entry is checked
@@ -30,6 +32,10 @@ def due_at(t: Transfer, limits: Limits) -> float:
         due = min(due, t.opened_at + limits.bootstrap_timeout)
     if not t.watchers:
         due = min(due, t.lease_renewed_at + limits.lease_timeout)
+        if t.receiver_left_at is not None:
+            due = min(due, t.receiver_left_at + limits.reconnect_grace)
+    if not t.senders and t.sender_left_at is not None:
+        due = min(due, t.sender_left_at + limits.reconnect_grace)
     return due
 
 
@@ -41,6 +47,16 @@ def timeout_of(t: Transfer, limits: Limits, now: float) -> tuple[str, str]:
     if not t.watchers and now >= t.lease_renewed_at + limits.lease_timeout:
         return Outcome.LEASE_EXPIRED, (f"lease_expired: the receiver made no call (Poll, Watch, "
                                        f"Read, Resume) for {limits.lease_timeout:g}s")
+    grace = limits.reconnect_grace
+    if not t.senders and t.sender_left_at is not None and now >= t.sender_left_at + grace:
+        return Outcome.SENDER_GONE, (f"sender_gone: the sender's stream ended (cancelled, refused "
+                                     f"or its connection lost) with {t.sent_tokens} of "
+                                     f"{t.total_tokens} tokens delivered, and no sender came "
+                                     f"back within {grace:g}s")
+    if not t.watchers and t.receiver_left_at is not None and now >= t.receiver_left_at + grace:
+        return Outcome.RECEIVER_GONE, (f"receiver_gone: the receiver's Watch ended (cancelled, or "
+                                       f"its connection lost) and it made no call within "
+                                       f"{grace:g}s")
     return Outcome.STALL_TIMEOUT, (f"stall_timeout: no progress for {limits.stall_timeout:g}s "
                                    f"({_stall_cause(t)})")
 

@@ -73,8 +73,11 @@ class Transfer:
         "opened_at",
         "opened_epoch",
         "outcome",
+        "receiver_left_at",
         "released",
         "resume_count",
+        "sender_left_at",
+        "senders",
         "sent_tokens",
         "seq",
         "state",
@@ -114,6 +117,12 @@ class Transfer:
         self.released = False
         self.lease_renewed_at = now  # the receiver's last call
         self.watchers = 0  # open Watch streams: each holds the lease
+        self.senders = 0  # open sender streams (Push, Attach)
+        # When the last sender stream, or the last Watch that promised to stay open
+        # (until_done), ended with the transfer live; None once that side called again. That
+        # side has the reconnect grace to come back.
+        self.sender_left_at: float | None = None
+        self.receiver_left_at: float | None = None
         self.seq = 0  # order of opening, set by the coordinator
         # Which opening of this id this is (the coordinator numbers them, never reusing one): a
         # call that names another incarnation is for an opening that was released.

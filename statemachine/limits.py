@@ -25,6 +25,11 @@ class Limits:
     retention: float
     # A receiver that makes no call (Poll, Watch, Read, Resume) for this long loses the transfer.
     lease_timeout: float = 30.0
+    # A side whose stream ended early (the sender's Push or Attach before the last row; a
+    # receiver's Watch opened until_done before the transfer ended) has this long to call again
+    # before the transfer fails naming it. A client that retries does so at once; one that
+    # vanished is gone.
+    reconnect_grace: float = 2.0
     max_transfers: int = 100_000
     # How long blocks a one-sided writer may still write into stay fenced after their transfer
     # failed, if the writer never says it stopped.
@@ -38,7 +43,8 @@ class Limits:
                      "max_metadata_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout", "fence_timeout"):
+        for name in ("bootstrap_timeout", "stall_timeout", "retention", "lease_timeout", "fence_timeout",
+                     "reconnect_grace"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.default_window_tokens > self.pool_tokens:

@@ -17,10 +17,13 @@ class Outcome:
     BOOTSTRAP_TIMEOUT = "bootstrap_timeout"
     STALL_TIMEOUT = "stall_timeout"
     LEASE_EXPIRED = "lease_expired"
+    SENDER_GONE = "sender_gone"
+    RECEIVER_GONE = "receiver_gone"
     SHUTDOWN = "shutdown"
     ERROR = "error"
 
-    ALL = (SUCCESS, ABORTED, BOOTSTRAP_TIMEOUT, STALL_TIMEOUT, LEASE_EXPIRED, SHUTDOWN, ERROR)
+    ALL = (SUCCESS, ABORTED, BOOTSTRAP_TIMEOUT, STALL_TIMEOUT, LEASE_EXPIRED, SENDER_GONE,
+           RECEIVER_GONE, SHUTDOWN, ERROR)
 
 
 @dataclass

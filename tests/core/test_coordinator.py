@@ -52,7 +52,7 @@ def make(num_blocks: int = 16, window: int = 64, **kw: float) -> tuple[Coordinat
     limits = Limits(num_blocks=num_blocks, block_tokens=BT, default_window_tokens=window,
                     bootstrap_timeout=kw.get("bootstrap", 10), stall_timeout=kw.get("stall", 20),
                     retention=kw.get("retention", 30), lease_timeout=kw.get("lease", 1000),
-                    max_transfers=int(kw.get("max_transfers", 1000)))
+                    reconnect_grace=kw.get("grace", 2), max_transfers=int(kw.get("max_transfers", 1000)))
     return Coordinator(limits, rec), rec
 
 
@@ -557,6 +557,92 @@ def test_an_open_watch_holds_the_lease() -> None:
     c.expire(54.9)
     assert t.state is State.TRANSFERRING
     c.expire(55)
+    assert t.outcome == Outcome.LEASE_EXPIRED
+
+
+def test_a_sender_whose_stream_ended_early_has_the_reconnect_grace() -> None:
+    c, _ = make(stall=100, grace=2)
+    t = c.open("a", 16, now=0)
+    c.attach("a", 64, b"", now=0)
+    c.sender_started(t)
+    push(c, "a", 0, 5, now=1)
+    c.sender_ended(t, now=1)
+    c.expire(2.9)
+    assert t.state is State.TRANSFERRING
+    c.attach("a", 64, b"", now=2.9)  # a sender reconnects within the grace: nothing fails
+    c.sender_started(t)
+    c.expire(10)
+    assert t.state is State.TRANSFERRING
+    c.sender_ended(t, now=10)
+    c.expire(11.9)
+    assert t.state is State.TRANSFERRING
+    c.expire(12)
+    assert t.outcome == Outcome.SENDER_GONE
+    assert "5 of 64 tokens" in t.failure_reason and "2s" in t.failure_reason
+
+
+def test_a_sender_stream_ending_beside_another_starts_no_grace() -> None:
+    c, _ = make(stall=100, grace=2)
+    t = c.open("a", 16, now=0)
+    c.attach("a", 64, b"", now=0)
+    c.sender_started(t)
+    c.sender_started(t)
+    c.sender_ended(t, now=1)  # one of two ended: the other still sends
+    c.expire(50)
+    assert t.state is State.TRANSFERRING
+
+
+def test_a_sender_stream_ending_with_its_transfer_starts_no_grace() -> None:
+    c, _ = make(stall=100, grace=2, retention=1000)
+    t = c.open("a", 16, now=0)
+    c.attach("a", 16, b"", now=0)
+    c.sender_started(t)
+    push(c, "a", 0, 16, now=1)
+    c.sender_ended(t, now=1)
+    assert t.state is State.SUCCESS and t.sender_left_at is None
+
+
+def test_a_commit_is_a_sender_calling_again() -> None:
+    c, _ = make(stall=100, grace=2)
+    t = c.open("a", 16, now=0)
+    c.attach("a", 64, b"", now=0)
+    c.sender_started(t)
+    g = c.grant("a")
+    assert g is not None
+    c.sender_ended(t, now=0)
+    c.commit("a", g.epoch, 0, 4, now=1.5)
+    c.expire(5)
+    assert t.state is State.TRANSFERRING
+
+
+def test_a_watch_opened_until_done_that_ends_early_leaves_the_reconnect_grace() -> None:
+    c, _ = make(lease=30, stall=100, grace=2)
+    t = fill_first_window(c, total=64)
+    c.watch_started(t, now=0)
+    c.watch_ended(t, now=1, until_done=True)
+    c.observe("a", 2.5)  # the receiver came back (a Poll): the lease applies again
+    c.expire(10)
+    assert t.state is State.TRANSFERRING
+    c.watch_started(t, now=10)
+    c.watch_started(t, now=10)
+    c.watch_ended(t, now=11, until_done=True)  # another Watch still holds the transfer
+    c.expire(20)
+    assert t.state is State.TRANSFERRING
+    c.watch_ended(t, now=20, until_done=True)
+    c.expire(21.9)
+    assert t.state is State.TRANSFERRING
+    c.expire(22)
+    assert t.outcome == Outcome.RECEIVER_GONE and "Watch ended" in t.failure_reason
+
+
+def test_a_watch_closed_on_purpose_leaves_the_lease() -> None:
+    c, _ = make(lease=30, stall=100, grace=2)
+    t = fill_first_window(c, total=64)
+    c.watch_started(t, now=0)
+    c.watch_ended(t, now=1)  # a receiver that reads later (vLLM's scheduler hands over to a worker)
+    c.expire(30.9)
+    assert t.state is State.TRANSFERRING
+    c.expire(31)
     assert t.outcome == Outcome.LEASE_EXPIRED
 
 

@@ -35,7 +35,7 @@ from support.budget import examples
 NUM_BLOCKS, BT = 12, 4
 IDS = st.sampled_from(["a", "b", "c"])
 LIMITS = Limits(num_blocks=NUM_BLOCKS, block_tokens=BT, default_window_tokens=8,
-                bootstrap_timeout=10, stall_timeout=20, retention=30, lease_timeout=25,
+                bootstrap_timeout=10, stall_timeout=20, retention=30, lease_timeout=25, reconnect_grace=2,
                 max_transfers=3, fence_timeout=15)
 
 
@@ -231,15 +231,25 @@ class CoreMachine(RuleBasedStateMachine):
     def release(self, tid: str) -> None:
         self._call(self.c.release, tid)
 
-    @rule(tid=IDS, start=st.booleans())
-    def watch(self, tid: str, start: bool) -> None:
+    @rule(tid=IDS, start=st.booleans(), until_done=st.booleans())
+    def watch(self, tid: str, start: bool, until_done: bool) -> None:
         t = self.c.transfers.get(tid)
         if t is None:
             return
         if start:
             self.c.watch_started(t, self.now)
         elif t.watchers:
-            self.c.watch_ended(t, self.now)
+            self.c.watch_ended(t, self.now, until_done)
+
+    @rule(tid=IDS, start=st.booleans())
+    def sender_stream(self, tid: str, start: bool) -> None:
+        t = self.c.transfers.get(tid)
+        if t is None:
+            return
+        if start:
+            self.c.sender_started(t)
+        elif t.senders:
+            self.c.sender_ended(t, self.now)
 
     @rule(dt=st.sampled_from([0.5, 1.0, 3.0, 0.5, 1.0, 2.0, 11.0, 21.0, 26.0, 31.0]))
     def tick(self, dt: float) -> None:

@@ -81,8 +81,10 @@ def test_chaos(tmp_path: Path) -> None:
         # first health check). Senders push every 30 ms, so a stall of 3 units is never a slow
         # machine, only a dead sender.
         unit = max(1.0, time.monotonic() - started)
+        # A restarted sender comes back within a unit (it is started, and waits at its gate).
         srv = start_server(num_blocks=64, block_tokens=8, lease_timeout=2 * unit,
-                           stall_timeout=3 * unit, bootstrap_timeout=5 * unit, retention=120)
+                           stall_timeout=3 * unit, bootstrap_timeout=5 * unit, retention=120,
+                           reconnect_grace=unit)
     except BaseException:
         for a in agents:
             a.proc.kill()
@@ -151,11 +153,13 @@ def test_chaos(tmp_path: Path) -> None:
         for t in ids:
             outcome, reason = outcomes[t], reasons.get(t, "")
             if t in killed_receivers:
-                # The sender finished first; or the receiver's lease ran out; or, since the
-                # echoing ranks' Polls keep the lease, the stall timeout blamed the receiver.
-                ok = outcome in ("success", "lease_expired") or "receiver did not resume" in reason
-            elif t in killed_senders and t not in restarted:
-                ok = outcome == "success" or "sender delivered nothing" in reason  # never came back
+                # The sender finished first; or the receiver's Watch ended and nobody called
+                # within the grace, or its lease ran out; or, since the echoing ranks' Polls
+                # keep the lease, the stall timeout blamed the receiver.
+                ok = (outcome in ("success", "receiver_gone", "lease_expired")
+                      or "receiver did not resume" in reason)
+            elif t in killed_senders and t not in restarted:  # never came back
+                ok = outcome in ("success", "sender_gone") or "sender delivered nothing" in reason
             else:  # untouched, or killed and restarted
                 ok = outcome == "success"
             if not ok:

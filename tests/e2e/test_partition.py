@@ -20,6 +20,8 @@ import pytest
 
 from kvferry.client import Client, KvferryError
 from kvferry.testing.fault_proxy import FaultProxy
+from kvferry.v1 import transfer_pb2 as pb
+from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
 from support.kvserver import ServerProcess, start_server, wait_until
 
@@ -222,3 +224,111 @@ def test_a_slow_receiver_is_no_false_alarm() -> None:
     srv.assert_pool_free()
     assert srv.stop() == 0
     assert b"".join(got) == data.tobytes() and not serr, serr
+
+
+@pytest.fixture
+def patient() -> Iterator[ServerProcess]:
+    """Stall and lease far beyond the test: only the keepalive bound and the reconnect grace
+    can end a transfer whose side vanished. One per test: a one-sided writer cut off leaves
+    its window fenced for the fence timeout."""
+    srv = start_server(keepalive=KEEPALIVE, keepalive_timeout=KEEPALIVE,
+                       keepalive_min_ping=KEEPALIVE / 5, reconnect_grace=KEEPALIVE,
+                       stall_timeout=300, lease_timeout=300, fence_timeout=300, retention=1)
+    yield srv
+    assert srv.stop() == 0
+
+
+def _failed_naming(errors: list[BaseException], outcome: str) -> None:
+    assert len(errors) == 1 and isinstance(errors[0], KvferryError), errors
+    assert outcome in str(errors[0]), str(errors[0])
+
+
+def _pushing_then_stalled(target: str, tid: str, data: np.ndarray, first: int,
+                          gate: threading.Event) -> grpc.Future:
+    """A sender producing rows as it goes (an encoder, say): it pushes ``first`` rows, then
+    waits for more until ``gate``. Its own connection, so a cut can fall on it alone."""
+    ch = grpc.insecure_channel(target)
+    stub = pb_grpc.TransferServiceStub(ch)
+
+    def messages() -> Iterator[pb.PushRequest]:
+        yield pb.PushRequest(transfer_id=tid, total_tokens=len(data), rows=data[:first].tobytes())
+        gate.wait(HANG)
+
+    call = stub.Push.future(messages())
+    call.add_done_callback(lambda _: ch.close())
+    return call
+
+
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
+def test_the_server_fails_a_vanished_senders_transfer_naming_it(patient: ServerProcess,
+                                                                 transport: str) -> None:
+    """The sender (through the proxy) is cut off mid-transfer, the receiver (direct) is not:
+    the server notices the sender's stream is gone within the keepalive bound, gives it the
+    reconnect grace, and fails the transfer sender_gone; the receiver learns that at once.
+    (grpc: a Push that has sent 40 of 96 rows, then waits for more; shm: a one-sided writer
+    waiting for its next window, which the receiver resumes once the cut is made.)"""
+    tid = f"sender-cut-{transport}"
+    data = rows(3 * 32, seed=6)
+    first_window = threading.Event()
+    read_on = threading.Event()  # the receiver goes on past its first window
+    produced = threading.Event()  # the stalled Push sender has its next rows (never, here)
+    with FaultProxy(patient.grpc_port) as proxy, client(proxy) as tx, \
+            Client(patient.target) as rx:
+        def receive() -> None:
+            for _ in rx.receive(tid, 32, transport="grpc"):
+                first_window.set()
+                read_on.wait(HANG)
+
+        rth, rerr, _ = in_thread(receive)
+        wait_until(lambda: rx.poll(tid), "the receiver's Open")
+        if transport == "grpc":
+            push = _pushing_then_stalled(proxy.target, tid, data, 40, produced)
+        else:
+            sth, serr, _ = in_thread(lambda: tx.send(tid, data, transport=transport))
+        assert first_window.wait(HANG)
+        if transport == "grpc":
+            read_on.set()  # the receiver takes in the Push's next rows, and waits for more
+            wait_until(lambda: rx.poll(tid).sent_tokens >= 40, "the second window's first rows",
+                       within=HANG)
+        proxy.partition()
+        read_on.set()
+        rth.join(HANG)
+        assert not rth.is_alive(), "the receiver still waits for a sender that is gone"
+        _failed_naming(rerr, "sender_gone")
+        if transport == "grpc":
+            assert not push.done()  # the sender's stream was cut, not ended by the sender
+            produced.set()
+            push.cancel()
+            # The Push's blocks are free at once; a one-sided writer's window stays fenced
+            # (it could still write) until its fence timeout or its Detach.
+            patient.assert_pool_free(timeout=HANG)
+        else:
+            assert_learned(sth, serr, proxy)
+
+
+def test_the_server_fails_a_vanished_receivers_transfer_naming_it(patient: ServerProcess) -> None:
+    """The receiver (through the proxy) holds its first window and is cut off before resuming;
+    the sender (direct) waits on the full window: the server notices the receiver's Watch is
+    gone, gives it the reconnect grace, and fails the transfer receiver_gone, which ends the
+    sender's send() at once, long before the lease (300 s here)."""
+    data = rows(3 * 32, seed=7)
+    first_window = threading.Event()
+    cut = threading.Event()
+    with FaultProxy(patient.grpc_port) as proxy, client(proxy) as rx, \
+            Client(patient.target) as tx:
+        def receive() -> None:
+            for _ in rx.receive("receiver-cut", 32, transport="grpc"):
+                first_window.set()
+                cut.wait(HANG)
+
+        rth, rerr, _ = in_thread(receive)
+        wait_until(lambda: tx.poll("receiver-cut"), "the receiver's Open")
+        sth, serr, _ = in_thread(lambda: tx.send("receiver-cut", data, transport="grpc"))
+        assert first_window.wait(HANG)
+        proxy.partition()
+        sth.join(HANG)
+        assert not sth.is_alive(), "the sender still waits for a receiver that is gone"
+        _failed_naming(serr, "receiver_gone")
+        cut.set()
+        assert_learned(rth, rerr, proxy)
+    patient.assert_pool_free(timeout=HANG)

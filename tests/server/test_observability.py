@@ -69,7 +69,7 @@ def test_every_series_family_exists_from_start() -> None:
     for state in ("bootstrapping", "transferring", "resuming", "success", "failed"):
         assert f'kvferry_transfers{{state="{state}"}} 0.0' in text
     for outcome in ("success", "aborted", "bootstrap_timeout", "stall_timeout", "lease_expired",
-                    "shutdown", "error"):
+                    "sender_gone", "receiver_gone", "shutdown", "error"):
         assert f'kvferry_transfers_finished_total{{outcome="{outcome}"}} 0.0' in text
     assert 'kvferry_resume_duplicates_skipped_total{reason="stale"} 0.0' in text
     assert ('grpc_server_handled_total{grpc_code="FailedPrecondition",grpc_method="Resume",'

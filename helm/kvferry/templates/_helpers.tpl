@@ -71,6 +71,7 @@ app.kubernetes.io/part-of: kvferry
 - --stall-timeout={{ .Values.server.stallTimeout }}
 - --retention={{ .Values.server.retention }}
 - --lease-timeout={{ .Values.server.leaseTimeout }}
+- --reconnect-grace={{ .Values.server.reconnectGrace }}
 - --fence-timeout={{ .Values.server.fenceTimeout }}
 - --keepalive={{ .Values.server.keepalive }}
 - --keepalive-timeout={{ .Values.server.keepaliveTimeout }}

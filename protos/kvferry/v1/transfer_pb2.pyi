@@ -258,12 +258,14 @@ class PollRequest(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("transfer_id", "incarnation")
+    __slots__ = ("transfer_id", "incarnation", "until_done")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_DONE_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     incarnation: int
-    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    until_done: bool
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., until_done: _Optional[bool] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("transfer_id", "incarnation")
