@@ -120,33 +120,36 @@ class AsyncClient:
 
     @typed_errors
     async def release(self, transfer_id: str, *, secret: str | None = None,
-                      incarnation: int = 0) -> pb.ReleaseResponse:
+                      incarnation: int = 0, reader: int = 0) -> pb.ReleaseResponse:
+        """``reader``: of a transfer opened for several readers, which one releases (its blocks
+        go once every reader has)."""
         return await self.stub.Release(pb.ReleaseRequest(transfer_id=transfer_id,
-                                                         incarnation=incarnation),
+                                                         incarnation=incarnation, reader=reader),
                                        timeout=self.call_timeout, metadata=self._md + receiver_metadata(secret))
 
     @typed_errors
     async def open(self, transfer_id: str, window_tokens: int = 0, *,
-                   secret: str | None = None) -> pb.TransferStatus:
+                   secret: str | None = None, readers: int = 1) -> pb.TransferStatus:
         """Receiver: create the transfer and its first window, and return at once (a sender
         may come later). Take it in with ``receive(open=False, incarnation=...)``: the split
-        lets one process open a transfer and another read it."""
+        lets one process open a transfer and another read it. ``readers``: how many readers
+        (tensor-parallel ranks) take in every window, each with ``receive(reader=...)``."""
         opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
-                                                     window_tokens=window_tokens),
+                                                     window_tokens=window_tokens, readers=readers),
                                       timeout=self.call_timeout, metadata=self._md + receiver_metadata(secret))
         return opened.status
 
     @typed_stream
     async def watch(self, transfer_id: str, *, secret: str | None = None,
-                    incarnation: int = 0,
-                    until_done: bool = False) -> AsyncGenerator[pb.TransferStatus, None]:
+                    incarnation: int = 0, until_done: bool = False,
+                    reader: int = 0) -> AsyncGenerator[pb.TransferStatus, None]:
         """The transfer's status now, then at every change, ending after a terminal state.
         ``until_done``: you will not stop watching while the transfer is live, so if this
         stream breaks off (your process died, its connection was lost) the server fails the
         transfer ``receiver_gone`` after its reconnect grace, instead of waiting out the lease;
         leave it False when you stop watching on purpose and read later."""
         call = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation,
-                                               until_done=until_done),
+                                               until_done=until_done, reader=reader),
                                metadata=self._md + receiver_metadata(secret))
         try:
             async for st in call:

@@ -53,14 +53,19 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
                   open: bool = True, release: bool = True, wait_open: float = 30.0,
                   check_metadata: Callable[[bytes], object] | None = None,
                   transport: str = "auto", views: bool = False, secret: str | None = None,
-                  incarnation: int = 0) -> AsyncGenerator[Window, None]:
+                  incarnation: int = 0, readers: int = 1,
+                  reader: int = 0) -> AsyncGenerator[Window, None]:
     """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
-    The resume is keyed on ``sent_tokens`` (never on block indices), so it is safe to run this
-    on several tensor-parallel ranks with ``open=False, release=False`` on all but one (they
-    wait up to ``wait_open`` seconds for the Open): their extra resumes are answered as
-    duplicates. Ranks must all have read a window before any of them resumes it (a barrier
-    in the loop body does that). ``check_metadata`` sees the sender's metadata as soon as it
+    The resume is keyed on ``sent_tokens`` (never on block indices): a retried or late resume
+    is answered as a duplicate. Several tensor-parallel ranks that each take in every window:
+    open the transfer for that many ``readers`` (here, or with ``open(readers=)``), and run this
+    on every rank with its own ``reader`` (0 to readers - 1; ``open=False`` on all but the one
+    that opens: they wait up to ``wait_open`` seconds for the Open). Each rank reads every
+    window from the pool itself and resumes it naming itself; the window moves on only once
+    every rank has resumed it, and its blocks go only once every rank released the transfer,
+    so no rank's resume or release takes a window from a rank still reading it (no barrier
+    needed). ``check_metadata`` sees the sender's metadata as soon as it
     attaches and may raise to refuse the transfer. If the consumer stops early or anything
     raises, the transfer is aborted with the reason so the sender learns at once; it is
     released at the end either way (when ``release``). ``transport``: how a full window is
@@ -82,19 +87,19 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     owner = open or bool(incarnation)
     if open:
         opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
-                                                     window_tokens=window_tokens),
+                                                     window_tokens=window_tokens, readers=readers),
                                       timeout=self.call_timeout, metadata=md)
         incarnation = opened.status.incarnation
     elif not incarnation:
         incarnation = (await _wait_for(self, transfer_id, wait_open, md)).incarnation
     info = await self.pool_info()
     row_bytes = info.row_bytes
-    reader: WindowReader | None = None  # None: Read through gRPC
+    mapped: WindowReader | None = None  # None: Read through gRPC
     named = len(choices) == 1  # a transport named outright: why it cannot work is the answer
     for way in choices:
         if named or way.why_not(info) is None:
             try:
-                reader = await self._link(way, info)
+                mapped = await self._link(way, info)
                 break
             except TransportUnavailable:
                 if named:
@@ -107,7 +112,7 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     # until_done: this loop watches until the transfer ends (or it aborts it): a receiver that
     # vanishes mid-transfer is known to the server within its reconnect grace.
     watch = self.stub.Watch(pb.WatchRequest(transfer_id=transfer_id, incarnation=incarnation,
-                                            until_done=True), metadata=md)
+                                            until_done=True, reader=reader), metadata=md)
     try:
         async for st in watch:
             if st.state == FAILED:
@@ -118,15 +123,15 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
             full = st.window_filled_tokens == st.window_tokens or st.state == SUCCESS
             if not (full and st.window_filled_tokens and st.sent_tokens > handed_out):
                 continue
-            if views and reader is not None:
-                data = _one_view(reader.window(st))
+            if views and mapped is not None:
+                data = _one_view(mapped.window(st))
             else:
-                data = await _read_window(self, transfer_id, st, reader, md)
+                data = await _read_window(self, transfer_id, st, mapped, md)
             last = st.state == SUCCESS
             yield Window(transfer_id, st.window_start_token, data, row_bytes, st.total_tokens,
                          st.metadata, last)
-            if views and reader is not None:
-                await _check_still_window(self, transfer_id, st, reader, md, "its view was in use")
+            if views and mapped is not None:
+                await _check_still_window(self, transfer_id, st, mapped, md, "its view was in use")
             handed_out = st.sent_tokens
             if last:
                 finished = True
@@ -134,7 +139,7 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
             await self.stub.Resume(pb.ResumeRequest(transfer_id=transfer_id,
                                                     sent_tokens=st.sent_tokens,
                                                     window_tokens=window_tokens,
-                                                    incarnation=incarnation),
+                                                    incarnation=incarnation, reader=reader),
                                    timeout=self.call_timeout, metadata=md)
         raise TransferFailed(transfer_id, "the Watch stream ended before the last window "
                              "(is the server stopping?)")
@@ -154,7 +159,7 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
                 timeout=self.call_timeout, metadata=md))
         if release and not lost:
             await quietly(self.stub.Release(pb.ReleaseRequest(
-                transfer_id=transfer_id, incarnation=incarnation),
+                transfer_id=transfer_id, incarnation=incarnation, reader=reader),
                 timeout=self.call_timeout, metadata=md))
 
 

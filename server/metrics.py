@@ -59,8 +59,9 @@ class CoordinatorCollector(Collector):
                                   "the next one given to the sender.", value=totals.resumes_applied)
         dups = CounterMetricFamily(
             "kvferry_resume_duplicates_skipped",
-            "Resumes skipped because their sent_tokens was already applied (reason=repeat: equal "
-            "to the last applied; stale: older). Retries and extra tensor-parallel ranks.",
+            "Resumes skipped as duplicates (reason=repeat: sent_tokens equal to the last applied, "
+            "or a reader's second resume of the current window; stale: older). Retries and late "
+            "messages.",
             labels=["reason"])
         for reason, n in list(totals.duplicates.items()):
             dups.add_metric([reason], n)

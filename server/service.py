@@ -163,7 +163,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def Open(self, request: pb.OpenRequest, context: Any) -> pb.OpenResponse:
         lock = self.secrets.check_open(request.transfer_id,
                                        Presented.of(context.invocation_metadata()))
-        t = self.coord.open(request.transfer_id, request.window_tokens, self.clock())
+        t = self.coord.open(request.transfer_id, request.window_tokens, self.clock(),
+                            request.readers or 1)
         self.secrets.bind(t, lock)
         return pb.OpenResponse(status=status_of(t))
 
@@ -174,8 +175,9 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
         self._held(request.transfer_id, request.incarnation, context, Role.RECEIVER, "Resume")
         r = self.coord.resume(request.transfer_id, request.sent_tokens, request.window_tokens,
-                              self.clock())
-        return pb.ResumeResponse(status=status_of(r.transfer), duplicate=r.duplicate)
+                              self.clock(), reader=request.reader)
+        return pb.ResumeResponse(status=status_of(r.transfer), duplicate=r.duplicate,
+                                 readers_pending=r.pending)
 
     async def Abort(self, request: pb.AbortRequest, context: Any) -> pb.TransferStatus:
         self._held(request.transfer_id, request.incarnation, context, Role.EITHER, "Abort")
@@ -183,7 +185,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
 
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
         self._held(request.transfer_id, request.incarnation, context, Role.RECEIVER, "Release")
-        t, freed = self.coord.release(request.transfer_id)
+        t, freed = self.coord.release(request.transfer_id, reader=request.reader)
         return pb.ReleaseResponse(status=status_of(t), freed_blocks=freed)
 
     async def ExportPool(self, request: pb.ExportPoolRequest, context: Any) -> pb.ExportPoolResponse:
@@ -195,7 +197,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[bytes]:
         t = self._held(request.transfer_id, request.incarnation, context, Role.EITHER, "Watch")
         with self._stream_slot():
-            self.coord.watch_started(t, self.clock())
+            self.coord.watch_started(t, self.clock(), request.reader)
             try:
                 while True:
                     seen, terminal = t.version, t.state.terminal  # before the yield: it awaits
@@ -207,7 +209,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
             finally:
                 # until_done: the receiver promised to watch to the end, so a Watch that ends
                 # sooner (cancelled, or its connection lost) means the receiver is gone.
-                self.coord.watch_ended(t, self.clock(), request.until_done)
+                self.coord.watch_ended(t, self.clock(), request.until_done, request.reader)
 
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[bytes]:
         """Serialized ReadResponses (the method is registered with a raw response serializer)."""

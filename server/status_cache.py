@@ -22,7 +22,7 @@ def status_of(t: Transfer) -> pb.TransferStatus:
         block_indices=t.blocks, resume_count=t.resume_count, failure_reason=t.failure_reason,
         metadata=t.metadata, last_resume_sent_tokens=t.last_resume_sent_tokens,
         waiting_for_blocks=t.waiting_for_blocks, window_epoch=t.window_epoch,
-        incarnation=t.incarnation,
+        incarnation=t.incarnation, readers=t.readers, readers_resumed=len(t.resumed_by),
     )
 
 

@@ -49,4 +49,7 @@ class CommitResult(NamedTuple):
 class ResumeResult(NamedTuple):
     transfer: Transfer
     duplicate: bool
-    duplicate_reason: str  # "" when applied
+    duplicate_reason: str  # "" when applied or recorded
+    # Readers still to resume this window before it moves on: 0 when this resume applied it
+    # (or was a duplicate); else it was recorded and the window stays the readers'.
+    pending: int = 0

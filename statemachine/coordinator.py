@@ -17,7 +17,15 @@ from kvferry.statemachine.allocator import BlockAllocator
 from kvferry.statemachine.answers import CommitResult, Grant, ResumeResult, Segment, WriteTicket
 from kvferry.statemachine.deadlines import Deadlines, timeout_of
 from kvferry.statemachine.fence import Fence, Quarantine
-from kvferry.statemachine.lifecycle import IllegalTransition, Refusal, State, Transfer, fire, must_fire
+from kvferry.statemachine.lifecycle import (
+    READERS_PENDING,
+    IllegalTransition,
+    Refusal,
+    State,
+    Transfer,
+    fire,
+    must_fire,
+)
 from kvferry.statemachine.limits import MAX_FAILURE_REASON_BYTES, Limits
 from kvferry.statemachine.reports import Listener, Outcome, Totals
 
@@ -59,28 +67,41 @@ class Coordinator:
             raise refusals.stale_incarnation(t, incarnation)
         return t
 
-    def observe(self, transfer_id: str, now: float, incarnation: int = 0) -> Transfer:
-        """``get`` by the receiver (Poll, Read): renews its lease. Not progress."""
+    def observe(self, transfer_id: str, now: float, incarnation: int = 0,
+                reader: int | None = None) -> Transfer:
+        """``get`` by the receiver (Poll, Read; Resume names its ``reader``): renews its lease.
+        Not progress. A call of a reader that had left says it is back; one that names no
+        reader says so only of a transfer with one."""
         t = self.get(transfer_id, incarnation)
         t.lease_renewed_at = now
-        t.receiver_left_at = None
+        if reader is not None:
+            t.readers_left.pop(reader, None)
+        elif t.readers == 1:
+            t.readers_left.clear()
         return t
 
-    def watch_started(self, t: Transfer, now: float) -> None:
+    def watch_started(self, t: Transfer, now: float, reader: int = 0) -> None:
         """A Watch stream holds the receiver's lease for as long as it is open."""
+        refusals.check_reader(t, reader)
         t.watchers += 1
+        t.reader_watchers[reader] = t.reader_watchers.get(reader, 0) + 1
         t.lease_renewed_at = now
-        t.receiver_left_at = None
+        t.readers_left.pop(reader, None)
 
-    def watch_ended(self, t: Transfer, now: float, until_done: bool = False) -> None:
-        """``until_done``: the receiver promised to watch until the transfer ended, so if it
-        is still live, the receiver is gone (its Watch was cancelled, or its connection lost):
-        it has the reconnect grace to call again, not the whole lease."""
+    def watch_ended(self, t: Transfer, now: float, until_done: bool = False,
+                    reader: int = 0) -> None:
+        """``until_done``: the reader promised to watch until the transfer ended, so if it is
+        still live, that reader is gone (its Watch was cancelled, or its connection lost): it
+        has the reconnect grace to call again, not the whole lease."""
         t.watchers -= 1
+        t.reader_watchers[reader] -= 1
         t.lease_renewed_at = now
-        if not t.watchers and not t.state.terminal and not t.released:
-            if until_done:
-                t.receiver_left_at = now
+        if t.state.terminal or t.released:
+            return
+        if until_done and not t.reader_watchers[reader]:
+            t.readers_left[reader] = now
+            self.deadlines.schedule(t)
+        elif not t.watchers:
             # The lease counts again: the deadline may now fall before the one scheduled.
             self.deadlines.schedule(t)
 
@@ -134,8 +155,10 @@ class Coordinator:
 
     # -- receiver ------------------------------------------------------------------------------
 
-    def open(self, transfer_id: str, window_tokens: int, now: float) -> Transfer:
+    def open(self, transfer_id: str, window_tokens: int, now: float, readers: int = 1) -> Transfer:
+        """``readers``: how many readers (tensor-parallel ranks) read every window (rule 4a)."""
         refusals.check_id(transfer_id)
+        refusals.check_readers(readers, transfer_id)
         size = window_tokens or self.limits.default_window_tokens
         refusals.check_window(size, self.limits, transfer_id)
         held = self.transfers.get(transfer_id)
@@ -153,6 +176,7 @@ class Coordinator:
             raise refusals.pool_exhausted(transfer_id, self.allocator.free_count, size, want,
                                           self.limits)
         t = Transfer(transfer_id, size, blocks, want * self.limits.block_tokens, now)
+        t.readers = readers
         t.window_epoch = t.opened_epoch = next(self._epochs)
         t.incarnation = next(self._incarnations)
         self.listener.window_blocks(blocks, t.window_epoch)
@@ -166,20 +190,30 @@ class Coordinator:
         return t
 
     def resume(self, transfer_id: str, sent_tokens: int, window_tokens: int, now: float,
-               incarnation: int = 0) -> ResumeResult:
-        t = self.observe(transfer_id, now, incarnation)
+               incarnation: int = 0, reader: int = 0) -> ResumeResult:
+        t = self.get(transfer_id, incarnation)
+        refusals.check_reader(t, reader)
+        t = self.observe(transfer_id, now, incarnation, reader)
         if t.last_resume_sent_tokens >= 0 and sent_tokens <= t.last_resume_sent_tokens:
-            reason = "repeat" if sent_tokens == t.last_resume_sent_tokens else "stale"
-            self.totals.duplicates[reason] += 1
-            self.listener.resume_duplicate(t, reason)
-            return ResumeResult(t, True, reason)
+            return self._duplicate(t, "repeat" if sent_tokens == t.last_resume_sent_tokens
+                                   else "stale")
         if t.state.terminal:
             raise refusals.nothing_to_resume(t)
+        if reader in t.resumed_by and sent_tokens == t.sent_tokens:
+            return self._duplicate(t, "repeat")  # this reader's retry: never another reader's
         size = window_tokens or t.open_window_tokens
         refusals.check_window(size, self.limits, transfer_id)
+        recorded = reader not in t.resumed_by
+        t.resumed_by.add(reader)
         why = self._fire("resume", t, sent_tokens=sent_tokens)
+        if why is not None and why.reason == READERS_PENDING:
+            self._changed(t)  # watchers see readers_resumed grow
+            return ResumeResult(t, False, "", t.readers - len(t.resumed_by))
         if why is not None:
+            if recorded:
+                t.resumed_by.discard(reader)
             raise refusals.refused_by_table(t, "resume", why)
+        t.resumed_by.clear()
         window_wait = None if t.window_full_at is None else now - t.window_full_at
         t.last_resume_sent_tokens = sent_tokens
         t.resume_count += 1
@@ -198,11 +232,19 @@ class Coordinator:
         self._changed(t)
         return ResumeResult(t, False, "")
 
-    def release(self, transfer_id: str, by: str = "client",
-                incarnation: int = 0) -> tuple[Transfer, int]:
+    def release(self, transfer_id: str, by: str = "client", incarnation: int = 0,
+                reader: int | None = None) -> tuple[Transfer, int]:
+        """Forget a terminal transfer and free its blocks. Of a transfer with several readers,
+        only once every reader released it (``reader``: which one this is; None: all at once,
+        as retention does): a reader still reading the last window keeps it."""
         t = self.get(transfer_id, incarnation)
         if not t.state.terminal:
             raise refusals.still_live(t)
+        if reader is not None and t.readers > 1:
+            refusals.check_reader(t, reader)
+            t.released_by.add(reader)
+            if len(t.released_by) < t.readers:
+                return t, 0
         freed = len(t.blocks)
         self._free_window(t)
         del self.transfers[transfer_id]
@@ -427,6 +469,11 @@ class Coordinator:
         return min(due) if due else None
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _duplicate(self, t: Transfer, reason: str) -> ResumeResult:
+        self.totals.duplicates[reason] += 1
+        self.listener.resume_duplicate(t, reason)
+        return ResumeResult(t, True, reason)
 
     def _fire(self, event: str, t: Transfer, **kwargs: int) -> Refusal | None:
         before = t.state

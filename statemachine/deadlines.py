@@ -32,8 +32,8 @@ def due_at(t: Transfer, limits: Limits) -> float:
         due = min(due, t.opened_at + limits.bootstrap_timeout)
     if not t.watchers:
         due = min(due, t.lease_renewed_at + limits.lease_timeout)
-        if t.receiver_left_at is not None:
-            due = min(due, t.receiver_left_at + limits.reconnect_grace)
+    if t.readers_left:
+        due = min(due, min(t.readers_left.values()) + limits.reconnect_grace)
     if not t.senders and t.sender_left_at is not None:
         due = min(due, t.sender_left_at + limits.reconnect_grace)
     return due
@@ -53,10 +53,11 @@ def timeout_of(t: Transfer, limits: Limits, now: float) -> tuple[str, str]:
                                      f"or its connection lost) with {t.sent_tokens} of "
                                      f"{t.total_tokens} tokens delivered, and no sender came "
                                      f"back within {grace:g}s")
-    if not t.watchers and t.receiver_left_at is not None and now >= t.receiver_left_at + grace:
-        return Outcome.RECEIVER_GONE, (f"receiver_gone: the receiver's Watch ended (cancelled, or "
-                                       f"its connection lost) and it made no call within "
-                                       f"{grace:g}s")
+    gone = [r for r, at in sorted(t.readers_left.items()) if now >= at + grace]
+    if gone:
+        who = "the receiver's" if t.readers == 1 else f"reader {gone[0]} (of {t.readers})'s"
+        return Outcome.RECEIVER_GONE, (f"receiver_gone: {who} Watch ended (cancelled, or its "
+                                       f"connection lost) and it made no call within {grace:g}s")
     return Outcome.STALL_TIMEOUT, (f"stall_timeout: no progress for {limits.stall_timeout:g}s "
                                    f"({_stall_cause(t)})")
 

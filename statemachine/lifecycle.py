@@ -10,8 +10,12 @@ The rules (everything else in kvferry follows from these):
    ``sent_tokens`` it saw: TRANSFERRING -> RESUMING. The guard is keyed on ``sent_tokens``, never on
    block indices: the allocator hands freed blocks straight back, so two consecutive windows usually
    have the *same* indices, while their ``sent_tokens`` always differ. A resume whose ``sent_tokens``
-   is not above the last applied one is a duplicate (a retry, another tensor-parallel rank, a stale
-   message): the coordinator answers it and this table never sees it.
+   is not above the last applied one is a duplicate (a retry, a stale message): the coordinator
+   answers it and this table never sees it.
+4a. A transfer opened for N readers (tensor-parallel ranks, each reading every window from the
+   pool itself) moves on only once every reader has resumed the window, each naming itself
+   (``reader``): until then a resume is recorded, and the window stays theirs. A reader's second
+   resume of the same window is a duplicate: a retry never stands in for another reader.
 5. The first rows ``deliver``-ed into the new window: RESUMING -> TRANSFERRING.
 6. When ``sent_tokens == total_tokens`` the transfer is ``complete``: SUCCESS. Rows land only in
    TRANSFERRING (rule 5 runs first), so that is the one state ``complete`` leaves.
@@ -73,9 +77,13 @@ class Transfer:
         "opened_at",
         "opened_epoch",
         "outcome",
-        "receiver_left_at",
+        "reader_watchers",
+        "readers",
+        "readers_left",
         "released",
+        "released_by",
         "resume_count",
+        "resumed_by",
         "sender_left_at",
         "senders",
         "sent_tokens",
@@ -118,11 +126,17 @@ class Transfer:
         self.lease_renewed_at = now  # the receiver's last call
         self.watchers = 0  # open Watch streams: each holds the lease
         self.senders = 0  # open sender streams (Push, Attach)
-        # When the last sender stream, or the last Watch that promised to stay open
-        # (until_done), ended with the transfer live; None once that side called again. That
-        # side has the reconnect grace to come back.
+        # When the last sender stream ended with the transfer live; None once a sender called
+        # again. It has the reconnect grace to come back (so has a reader: readers_left).
         self.sender_left_at: float | None = None
-        self.receiver_left_at: float | None = None
+        # Readers (ranks) that read every window: the window moves on once all resumed it
+        # (rule 4a), the transfer is released once all released it.
+        self.readers = 1
+        self.resumed_by: set[int] = set()  # readers that resumed the current window
+        self.released_by: set[int] = set()
+        self.reader_watchers: dict[int, int] = {}  # open Watch streams per reader
+        # Readers whose last Watch opened until_done ended with the transfer live: when.
+        self.readers_left: dict[int, float] = {}
         self.seq = 0  # order of opening, set by the coordinator
         # Which opening of this id this is (the coordinator numbers them, never reusing one): a
         # call that names another incarnation is for an opening that was released.
@@ -172,6 +186,19 @@ def all_tokens_sent(t: Transfer) -> Refusal | None:
     return None
 
 
+# Why ``every_reader_resumed`` holds a resume back: not an error, and never sent as one (the
+# coordinator records the reader and answers ResumeResponse.readers_pending).
+READERS_PENDING = "READERS_PENDING"
+
+
+def every_reader_resumed(t: Transfer, sent_tokens: int) -> Refusal | None:
+    if len(t.resumed_by) < t.readers:
+        return Refusal(READERS_PENDING,
+                       f"{len(t.resumed_by)} of {t.readers} readers resumed the window ending at "
+                       f"token {t.sent_tokens}; it moves on once every reader has")
+    return None
+
+
 def resume_is_due(t: Transfer, sent_tokens: int) -> Refusal | None:
     if sent_tokens != t.sent_tokens:
         return Refusal(Reason.SENT_TOKENS_MISMATCH,
@@ -197,7 +224,7 @@ class Rule(NamedTuple):
 
 TRANSITIONS: tuple[Rule, ...] = (
     Rule("attach", (State.BOOTSTRAPPING,), State.TRANSFERRING),
-    Rule("resume", (State.TRANSFERRING,), State.RESUMING, (resume_is_due,)),
+    Rule("resume", (State.TRANSFERRING,), State.RESUMING, (resume_is_due, every_reader_resumed)),
     Rule("deliver", (State.RESUMING,), State.TRANSFERRING),
     Rule("complete", (State.TRANSFERRING,), State.SUCCESS, (all_tokens_sent,)),
     Rule("fail", LIVE, State.FAILED),

@@ -12,6 +12,8 @@ MAX_REASON_BYTES = 1024
 MAX_FAILURE_REASON_BYTES = 2048
 # Far beyond any request (2^48 tokens), and well inside the wire's int64 fields.
 MAX_TOTAL_TOKENS = 2**48
+# Readers of one transfer (tensor-parallel ranks): far beyond any TP degree.
+MAX_READERS = 64
 
 
 

@@ -27,7 +27,13 @@ from kvferry.statemachine.errors import (
     Unavailable,
 )
 from kvferry.statemachine.lifecycle import Refusal, Transfer
-from kvferry.statemachine.limits import MAX_ID_BYTES, MAX_REASON_BYTES, MAX_TOTAL_TOKENS, Limits
+from kvferry.statemachine.limits import (
+    MAX_ID_BYTES,
+    MAX_READERS,
+    MAX_REASON_BYTES,
+    MAX_TOTAL_TOKENS,
+    Limits,
+)
 
 
 def transfer_failed(t: Transfer) -> Aborted:
@@ -108,6 +114,19 @@ def check_window(tokens: int, limits: Limits, transfer_id: str = "") -> None:
                               f"({limits.num_blocks} blocks x {limits.block_tokens} tokens); ask "
                               f"for at most {limits.pool_tokens}", Reason.WINDOW_TOO_LARGE,
                               transfer_id)
+
+
+def check_readers(readers: int, transfer_id: str = "") -> None:
+    if not 1 <= readers <= MAX_READERS:
+        raise InvalidArgument(f"readers={readers}: a transfer has 1 to {MAX_READERS} readers (its "
+                              f"tensor-parallel ranks); 0 means 1", Reason.BAD_READER, transfer_id)
+
+
+def check_reader(t: Transfer, reader: int) -> None:
+    if not 0 <= reader < t.readers:
+        raise InvalidArgument(f"reader={reader}, but transfer {t.transfer_id!r} was opened for "
+                              f"{t.readers} reader(s): name yours from 0 to {t.readers - 1}",
+                              Reason.BAD_READER, t.transfer_id)
 
 
 # -- the receiver ---------------------------------------------------------------------------------

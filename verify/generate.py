@@ -20,6 +20,8 @@ from kvferry.statemachine.lifecycle import TERMINAL, TRANSITIONS, State
 # the sent_tokens a resume names).
 GUARDS = {
     "resume_is_due": "(s == sent[i] && sent[i] - wstart[i] == wtok[i] && sent[i] < total[i])",
+    # ``resd[i]``: the readers (ranks, one bit each) that resumed the current window.
+    "every_reader_resumed": "(resd[i] == ALL_READERS)",
     "all_tokens_sent": "(sent[i] == total[i])",
 }
 
@@ -41,6 +43,9 @@ def promela() -> str:
         guards = "".join(f" && {GUARDS[g.__name__]}" for g in rule.guards)
         out.append(f"/* {rule.event}: {', '.join(s.name for s in rule.sources)} -> {rule.dest.name} */")
         out.append(f"#define CAN_{rule.event}(i, s) (({source}){guards})")
+        # Each guard alone too, for a model that must tell which one refused.
+        for g in rule.guards:
+            out.append(f"#define G_{g.__name__}(i, s) {GUARDS[g.__name__]}")
         # Fired only where CAN_ holds: the assertion makes any other use a verification error.
         out.append(f"#define FIRE_{rule.event}(i, s) assert(CAN_{rule.event}(i, s)); "
                    f"st[i] = {rule.dest.name}")

@@ -14,7 +14,9 @@
 #define FIRE_attach(i, s) assert(CAN_attach(i, s)); st[i] = TRANSFERRING
 
 /* resume: TRANSFERRING -> RESUMING */
-#define CAN_resume(i, s) ((st[i] == TRANSFERRING) && (s == sent[i] && sent[i] - wstart[i] == wtok[i] && sent[i] < total[i]))
+#define CAN_resume(i, s) ((st[i] == TRANSFERRING) && (s == sent[i] && sent[i] - wstart[i] == wtok[i] && sent[i] < total[i]) && (resd[i] == ALL_READERS))
+#define G_resume_is_due(i, s) (s == sent[i] && sent[i] - wstart[i] == wtok[i] && sent[i] < total[i])
+#define G_every_reader_resumed(i, s) (resd[i] == ALL_READERS)
 #define FIRE_resume(i, s) assert(CAN_resume(i, s)); st[i] = RESUMING
 
 /* deliver: RESUMING -> TRANSFERRING */
@@ -23,6 +25,7 @@
 
 /* complete: TRANSFERRING -> SUCCESS */
 #define CAN_complete(i, s) ((st[i] == TRANSFERRING) && (sent[i] == total[i]))
+#define G_all_tokens_sent(i, s) (sent[i] == total[i])
 #define FIRE_complete(i, s) assert(CAN_complete(i, s)); st[i] = SUCCESS
 
 /* fail: BOOTSTRAPPING, TRANSFERRING, RESUMING -> FAILED */

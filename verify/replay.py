@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from kvferry.statemachine import Coordinator, Limits, TransferError
 
 IDS = ("x", "y")
+READERS = 2  # the model's RANKS: every opening is read by two ranks
 NEVER = 1e9  # timeouts the model fires itself (as aborts) are never due in the replay
 FENCE_TIMEOUT = 100.0
 
@@ -50,7 +51,7 @@ class Replay:
         tid = IDS[args[0]] if args and kind not in ("fencetimeout", "land") else ""
         inc = self.incarnations.get(args[1], 0) if len(args) > 1 else 0
         if kind == "open":
-            self.incarnations[args[1]] = c.open(tid, 1, self.now).incarnation
+            self.incarnations[args[1]] = c.open(tid, 1, self.now, READERS).incarnation
         elif kind == "attach":
             c.attach(tid, args[2], b"", self.now, incarnation=inc)
         elif kind == "grant":
@@ -63,11 +64,17 @@ class Replay:
         elif kind == "detach":
             c.detach(tid, self.epochs[args[2]], inc)
         elif kind == "resume":
-            c.resume(tid, args[2], 0, self.now, incarnation=inc)
+            c.resume(tid, args[2], 0, self.now, incarnation=inc, reader=args[3])
         elif kind == "fail":
             c.abort(tid, "the model failed it", self.now, incarnation=inc)
         elif kind == "release":
-            c.release(tid, incarnation=inc)
+            # The model's one release is its last rank's: each rank releases in turn, and the
+            # core frees the blocks at the last.
+            for reader in range(READERS):
+                held = c.get(tid, inc)
+                c.release(tid, incarnation=inc, reader=reader)
+                if reader < READERS - 1 and (tid not in c.transfers or held.released):
+                    return f"the core released it at reader {reader}'s Release, not the last"
         elif kind == "read":
             c.read_segments(tid, self.now, incarnation=inc)
         elif kind == "fencetimeout":

@@ -6,9 +6,10 @@
  * one per window, so it needs one resume fewer than it has tokens. Its sender is one-sided: Attach (a grant per
  * window), write the row into the granted block, Commit; a write may also "land late" (after a
  * Mooncake timeout, or from a sender that crashed), any time, even after its transfer is gone.
- * Its receiver reads each full window; then two tensor-parallel ranks each send a Resume (so
- * every resume arrives twice), into a network that delays and reorders them, across Release and
- * reopening. Faults
+ * Its receiver is two tensor-parallel ranks (readers): each reads every full window from the
+ * pool itself, one after the other, and then sends a Resume naming itself, into a network that
+ * delays and reorders them, across Release and reopening; the window moves on once both ranks
+ * resumed it (rule 4a). Faults
  * (FAULTS of them: an Abort by either side, or a stall or lease timeout, all of which fail the
  * transfer at any moment; a sender crash; a write reported failed that may still land) happen
  * anywhere. The stall timeout also fires whenever nothing else can happen.
@@ -17,7 +18,8 @@
  * Properties (assertions; a violation leaves a trail):
  *   P1 no block is owned by two transfers (alloc takes only blocks nobody holds or fences);
  *   P2 no write lands in a block another transfer owns (the fence);
- *   P3 every token is delivered once and in order, and a window is freed only after it was read;
+ *   P3 every token is delivered once and in order, and a window is freed only after every rank
+ *      read it (a resume, a release);
  *   P4 sent_tokens never decreases (commit only adds);
  *   P5 a terminal state is never left (the generated FIRE_ guards);
  *   P6 a resume for an earlier incarnation is never applied;
@@ -28,6 +30,7 @@
  *   -DSEED_GUARD      resumes deduplicated by block index (the seed bug) instead of sent_tokens
  *   -DNO_INCARNATION  resumes not checked against the incarnation they were sent for
  *   -DNO_FENCE        a lent window's blocks freed at once when its transfer fails
+ *   -DFIRST_RESUME    the window moves on at the first rank's resume, not once every rank's
  *
  * Each server step prints an "EV ..." line: `spin -t` replays a trail as those lines, and
  * tests/core/test_verification.py drives the real Coordinator through them.
@@ -56,7 +59,8 @@
 #define NS 2
 #define NINC 4
 #define BAG 2
-#define RANKS 2         /* tensor-parallel ranks: each sends every resume (duplicates) */
+#define RANKS 2         /* tensor-parallel ranks: each reads every window and resumes it */
+#define ALL_READERS 3   /* (1 << RANKS) - 1: every rank's bit */
 #define NONE 255
 #define TAG(n, tok) ((n) * 8 + (tok))
 
@@ -69,6 +73,7 @@ byte wstart[NS];
 byte wtok[NS];
 byte blk[NS];           /* the window's block; NONE while it has none */
 short lastres[NS];      /* sent_tokens of the last applied resume; -1 before the first */
+byte resd[NS];          /* ranks (a bit each) whose resume of the current window is recorded */
 byte lastblk[NS];       /* SEED_GUARD: the window's block at the last applied resume */
 byte wepoch[NS];
 byte lent[NS];          /* epoch of the window lent to the writer; 0: none */
@@ -90,13 +95,15 @@ bool pw_on[NINC];
 bool pw_late[NINC];     /* its writer gave up on it (a timeout or a crash): it lands when it lands */
 byte pw_blk[NINC];
 byte pw_tok[NINC];
-byte consumed[NINC];
+byte consumed[NINC * RANKS];   /* tokens read by each rank of each opening: CONS(n, r) */
+#define CONS(n, r) consumed[(n) * RANKS + (r)]
 
 /* Resumes in flight. */
 bool bag_on[BAG];
 byte bag_slot[BAG];
 byte bag_inc[BAG];
 byte bag_sent[BAG];
+byte bag_rank[BAG];
 
 /* Faults planned for this run: 0 or FAULTS, chosen at the start, so that a run without faults
  * is one in which no fault can happen at all (a fault that is merely possible would always be
@@ -222,8 +229,8 @@ inline deliver(i) {
     fi
 }
 
-inline resume(i, n, s) {
-    printf("EV resume %d %d %d\n", i, n, s);
+inline resume(i, n, s, r) {
+    printf("EV resume %d %d %d %d\n", i, n, s, r);
     if
     :: st[i] == 0 -> skip                                   /* NOT_FOUND */
 #ifndef NO_INCARNATION
@@ -237,18 +244,32 @@ inline resume(i, n, s) {
         :: lastres[i] >= 0 && s <= lastres[i] -> skip                /* duplicate */
 #endif
         :: else -> if
-            :: CAN_resume(i, s) ->
-                FIRE_resume(i, s);
-                assert(n == inc[i]);                        /* P6 */
-                assert(consumed[inc[i]] == s);              /* P3: read before freed */
-                lastres[i] = s;
-                lastblk[i] = blk[i];
-                free_window(i);
-                wstart[i] = sent[i];
-                wtok[i] = 1;
-                start_waiting(i);
-                serve_waiting()
-            :: else -> skip                                 /* FAILED_PRECONDITION */
+            :: (resd[i] & (1 << r)) != 0 && s == sent[i] -> skip    /* this rank's repeat */
+            :: else ->
+                j_ = resd[i];                                 /* to restore, if refused */
+#ifndef FIRST_RESUME
+                resd[i] = resd[i] | (1 << r);
+#else
+                resd[i] = ALL_READERS;                        /* one rank speaks for all */
+#endif
+                if
+                :: CAN_resume(i, s) ->
+                    FIRE_resume(i, s);
+                    assert(n == inc[i]);                        /* P6 */
+                    assert(CONS(n, 0) == s && CONS(n, 1) == s); /* P3: every rank read it */
+                    lastres[i] = s;
+                    lastblk[i] = blk[i];
+                    resd[i] = 0;
+                    free_window(i);
+                    wstart[i] = sent[i];
+                    wtok[i] = 1;
+                    start_waiting(i);
+                    serve_waiting()
+                :: !CAN_resume(i, s) && st[i] == TRANSFERRING && G_resume_is_due(i, s) ->
+                    skip                                        /* recorded: others to come */
+                :: else -> resd[i] = j_                         /* FAILED_PRECONDITION */
+                fi;
+                j_ = 0
             fi
         fi
     fi;
@@ -349,8 +370,13 @@ out:
 }
 
 /* The receiver of slot i, opening it `openings` times in turn. */
+/* Rank r of opening n may read slot i's window: full, and not read by it yet. */
+#define READABLE(i, n, r) (inc[i] == n && (st[i] == TRANSFERRING || st[i] == SUCCESS) \
+    && blk[i] != NONE && sent[i] - wstart[i] == wtok[i] && sent[i] > CONS(n, r))
+
 proctype Receiver(byte i; byte openings) {
     byte k = 0, n, m;
+    bool read;
     do
     :: k == openings -> break
     :: else ->
@@ -369,6 +395,7 @@ proctype Receiver(byte i; byte openings) {
                 wtok[i] = 1;
                 lastres[i] = -1;
                 lastblk[i] = NONE;
+                resd[i] = 0;
                 lent[i] = 0;
                 wepoch[i] = nextepoch;
                 nextepoch++;
@@ -380,10 +407,13 @@ proctype Receiver(byte i; byte openings) {
         };
         do
         :: atomic {
-            inc[i] == n && TERMINAL(st[i]) && !(st[i] == SUCCESS && sent[i] > consumed[n]) ->
+            (inc[i] == n && TERMINAL(st[i])
+             && !(st[i] == SUCCESS && (sent[i] > CONS(n, 0) || sent[i] > CONS(n, 1)))) ->
+                /* the last rank's Release: the blocks go once every rank released */
                 printf("EV release %d %d\n", i, n);
                 if
-                :: st[i] == SUCCESS -> assert(consumed[n] == total[i])   /* P3: all, once */
+                :: st[i] == SUCCESS ->
+                    assert(CONS(n, 0) == total[i] && CONS(n, 1) == total[i])   /* P3: all, once */
                 :: else -> skip
                 fi;
                 free_window(i);
@@ -393,21 +423,23 @@ proctype Receiver(byte i; byte openings) {
                 k++;
                 break
            }
-        :: atomic {
-            (inc[i] == n && (st[i] == TRANSFERRING || st[i] == SUCCESS) && blk[i] != NONE
-             && sent[i] - wstart[i] == wtok[i] && sent[i] > consumed[n]) ->
-                printf("EV read %d %d %d\n", i, n, wstart[i]);
-                assert(wstart[i] == consumed[n]);                 /* P3: in order */
-                assert(data[blk[i]] == TAG(n, wstart[i]));        /* P3: its own row */
-                consumed[n] = sent[i];
-                report()
-           };
-           if
-           :: st[i] == SUCCESS -> skip
-           :: else ->   /* each rank sends a resume with the sent_tokens it saw */
-                m = 0;
-                do
-                :: m < RANKS -> atomic {
+        :: atomic { (READABLE(i, n, 0) || READABLE(i, n, 1)) -> m = 0 };
+           do
+           :: m < RANKS ->
+                atomic {   /* rank m reads the full window, if it has not yet */
+                    if
+                    :: READABLE(i, n, m) ->
+                        printf("EV read %d %d %d %d\n", i, n, wstart[i], m);
+                        assert(wstart[i] == CONS(n, m));                  /* P3: in order */
+                        assert(data[blk[i]] == TAG(n, wstart[i]));        /* P3: its own row */
+                        CONS(n, m) = sent[i];
+                        read = (st[i] != SUCCESS);
+                        report()
+                    :: else -> read = false
+                    fi
+                };
+                if
+                :: read -> atomic {   /* then resumes it with the sent_tokens it saw */
                         (!bag_on[0] || !bag_on[1]) ->
                         if
                         :: !bag_on[0] -> j_ = 0
@@ -416,13 +448,15 @@ proctype Receiver(byte i; byte openings) {
                         bag_on[j_] = true;
                         bag_slot[j_] = i;
                         bag_inc[j_] = n;
-                        bag_sent[j_] = consumed[n];
-                        j_ = 0;
-                        m++
+                        bag_sent[j_] = CONS(n, m);
+                        bag_rank[j_] = m;
+                        j_ = 0
                    }
-                :: else -> break
-                od
-           fi
+                :: else -> skip
+                fi;
+                m++
+           :: else -> break
+           od
         od
     od;
     atomic { done++ }
@@ -442,7 +476,7 @@ end:
             :: bag_on[1] -> m = 1
             fi;
             bag_on[m] = false;
-            resume(bag_slot[m], bag_inc[m], bag_sent[m]);
+            resume(bag_slot[m], bag_inc[m], bag_sent[m], bag_rank[m]);
             m = 0
        }
     :: atomic { pw_late[1] -> land(1) }

@@ -80,6 +80,8 @@ class CoreMachine(RuleBasedStateMachine):
         # A fake pool: each row holds (transfer object id, token) of what was written there.
         self.pool: list[list[Any]] = [[None] * BT for _ in range(NUM_BLOCKS)]
         self.delivered: dict[int, int] = {}  # id(transfer) -> tokens seen delivered, in order
+        # (id(transfer), sent_tokens) -> readers whose resume of that window was recorded
+        self.resumers: dict[tuple[int, int], set[int]] = {}
         self.last_sent: dict[int, int] = {}
         self.terminal: dict[int, State] = {}
         self.objects: dict[int, Transfer] = {}
@@ -94,17 +96,20 @@ class CoreMachine(RuleBasedStateMachine):
 
     # -- requests --------------------------------------------------------------------------
 
-    @initialize(totals=st.lists(st.integers(1, 120), min_size=3, max_size=3))
-    def start_with_live_transfers(self, totals: list[int]) -> None:
-        """Begin mid-flight: every id opened and attached, so most steps exercise live ones."""
-        for tid, total in zip(("a", "b", "c"), totals, strict=False):
-            t = self.c.open(tid, 8, self.now)
+    @initialize(totals=st.lists(st.integers(1, 120), min_size=3, max_size=3),
+                readers=st.lists(st.sampled_from([1, 2, 3]), min_size=3, max_size=3))
+    def start_with_live_transfers(self, totals: list[int], readers: list[int]) -> None:
+        """Begin mid-flight: every id opened (for one to three readers) and attached, so most
+        steps exercise live ones."""
+        for tid, total, n in zip(("a", "b", "c"), totals, readers, strict=False):
+            t = self.c.open(tid, 8, self.now, n)
             self.objects[id(t)] = t
             self.c.attach(tid, total, b"", self.now)
 
-    @rule(tid=IDS, window=st.sampled_from([0, 3, 4, 8, 13, 48, 49]))
-    def open(self, tid: str, window: int) -> None:
-        t = self._call(self.c.open, tid, window, self.now)
+    @rule(tid=IDS, window=st.sampled_from([0, 3, 4, 8, 13, 48, 49]),
+          readers=st.sampled_from([1, 1, 2, 3]))
+    def open(self, tid: str, window: int, readers: int) -> None:
+        t = self._call(self.c.open, tid, window, self.now, readers)
         if t is not None:
             self.objects[id(t)] = t
 
@@ -209,37 +214,49 @@ class CoreMachine(RuleBasedStateMachine):
         assert token == t.sent_tokens
 
     @rule(tid=IDS, delta=st.sampled_from([-9, -1, 0, 0, 0, 1]), window=st.sampled_from([0, 4, 16, 40, 60]),
-          ranks=st.integers(1, 3))
-    def resume(self, tid: str, delta: int, window: int, ranks: int) -> None:
+          reader=st.sampled_from([0, 0, 1, 2]), copies=st.integers(1, 3))
+    def resume(self, tid: str, delta: int, window: int, reader: int, copies: int) -> None:
+        """A reader resumes (``copies`` times: retries, late messages)."""
         t = self.c.transfers.get(tid)
         sent = max(0, (t.sent_tokens if t else 0) + delta)
         already = t is not None and 0 <= sent <= t.last_resume_sent_tokens
-        results = [self._call(self.c.resume, tid, sent, window, self.now) for _ in range(ranks)]
-        applied = [r for r in results if r is not None and not r.duplicate]
-        assert len(applied) <= 1, "one resume applied per sent_tokens, whatever the ranks"
-        if already:  # in any state, terminal included: answered as a duplicate, never refused
+        results = [self._call(self.c.resume, tid, sent, window, self.now, 0, reader)
+                   for _ in range(copies)]
+        applied = [r for r in results if r is not None and not r.duplicate and not r.pending]
+        recorded = [r for r in results if r is not None and not r.duplicate]
+        assert len(recorded) <= 1, "one reader's resume counts once per window, however often sent"
+        if already and t is not None and reader < t.readers:
+            # In any state, terminal included: answered as a duplicate, never refused.
             assert all(r is not None and r.duplicate for r in results)
-        if applied:  # every other rank's copy of it is a duplicate
-            assert all(r is not None for r in results[results.index(applied[0]):])
+        if recorded:  # every later copy of it is a duplicate
+            assert all(r is not None and r.duplicate for r in results[results.index(recorded[0]) + 1:])
+            assert t is not None
+            self.resumers.setdefault((id(t), sent), set()).add(reader)
+        if applied:  # the window moved on: every reader had resumed it
+            assert t is not None
+            assert self.resumers[(id(t), sent)] == set(range(t.readers))
 
     @rule(tid=IDS, really=st.sampled_from([False, False, False, True]))
     def abort(self, tid: str, really: bool) -> None:
         if really:  # rarer than the other requests, so transfers get somewhere first
             self._call(self.c.abort, tid, "chaos", self.now)
 
-    @rule(tid=IDS)
-    def release(self, tid: str) -> None:
-        self._call(self.c.release, tid)
-
-    @rule(tid=IDS, start=st.booleans(), until_done=st.booleans())
-    def watch(self, tid: str, start: bool, until_done: bool) -> None:
+    @rule(tid=IDS, reader=st.sampled_from([None, 0, 1, 2]))
+    def release(self, tid: str, reader: int | None) -> None:
         t = self.c.transfers.get(tid)
-        if t is None:
+        if self._call(self.c.release, tid, "client", 0, reader) is not None and t is not None:
+            if reader is not None and t.readers > 1:  # held until every reader released it
+                assert (tid in self.c.transfers) == (len(t.released_by) < t.readers)
+
+    @rule(tid=IDS, start=st.booleans(), until_done=st.booleans(), reader=st.sampled_from([0, 1]))
+    def watch(self, tid: str, start: bool, until_done: bool, reader: int) -> None:
+        t = self.c.transfers.get(tid)
+        if t is None or reader >= t.readers:
             return
         if start:
-            self.c.watch_started(t, self.now)
-        elif t.watchers:
-            self.c.watch_ended(t, self.now, until_done)
+            self.c.watch_started(t, self.now, reader)
+        elif t.reader_watchers.get(reader):
+            self.c.watch_ended(t, self.now, until_done, reader)
 
     @rule(tid=IDS, start=st.booleans())
     def sender_stream(self, tid: str, start: bool) -> None:

@@ -51,6 +51,19 @@ def test_resume_needs_a_full_window_and_matching_sent_tokens() -> None:
     for other in (7, 9):
         assert f"sent_tokens={other} but the transfer has delivered 8" in str(
             fire("resume", t, sent_tokens=other))
+    t.resumed_by.add(0)  # the coordinator records the reader first (rule 4a)
+    assert fire("resume", t, sent_tokens=8) is None
+    assert t.state is State.RESUMING
+
+
+def test_a_window_moves_on_only_once_every_reader_resumed_it() -> None:
+    t = make(State.TRANSFERRING, sent=8)
+    t.readers = 2
+    t.resumed_by.add(1)
+    why = fire("resume", t, sent_tokens=8)
+    assert why is not None and why.reason == "READERS_PENDING" and "1 of 2 readers" in why
+    assert t.state is State.TRANSFERRING
+    t.resumed_by.add(0)
     assert fire("resume", t, sent_tokens=8) is None
     assert t.state is State.RESUMING
 

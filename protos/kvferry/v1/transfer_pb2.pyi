@@ -63,6 +63,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_ID_CLAIMED: _ClassVar[ErrorReason]
     ERROR_REASON_BEARER_TOKEN: _ClassVar[ErrorReason]
     ERROR_REASON_ADMIN_TOKEN: _ClassVar[ErrorReason]
+    ERROR_REASON_BAD_READER: _ClassVar[ErrorReason]
 TRANSFER_STATE_UNSPECIFIED: TransferState
 TRANSFER_STATE_BOOTSTRAPPING: TransferState
 TRANSFER_STATE_TRANSFERRING: TransferState
@@ -114,9 +115,10 @@ ERROR_REASON_RECEIVER_SECRET_REQUIRED: ErrorReason
 ERROR_REASON_ID_CLAIMED: ErrorReason
 ERROR_REASON_BEARER_TOKEN: ErrorReason
 ERROR_REASON_ADMIN_TOKEN: ErrorReason
+ERROR_REASON_BAD_READER: ErrorReason
 
 class TransferStatus(_message.Message):
-    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks", "window_epoch", "incarnation")
+    __slots__ = ("transfer_id", "state", "total_tokens", "sent_tokens", "window_start_token", "window_tokens", "window_filled_tokens", "block_indices", "resume_count", "failure_reason", "metadata", "last_resume_sent_tokens", "waiting_for_blocks", "window_epoch", "incarnation", "readers", "readers_resumed")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +134,8 @@ class TransferStatus(_message.Message):
     WAITING_FOR_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_EPOCH_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
+    READERS_RESUMED_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     state: TransferState
     total_tokens: int
@@ -147,7 +151,9 @@ class TransferStatus(_message.Message):
     waiting_for_blocks: bool
     window_epoch: int
     incarnation: int
-    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ..., window_epoch: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    readers: int
+    readers_resumed: int
+    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., total_tokens: _Optional[int] = ..., sent_tokens: _Optional[int] = ..., window_start_token: _Optional[int] = ..., window_tokens: _Optional[int] = ..., window_filled_tokens: _Optional[int] = ..., block_indices: _Optional[_Iterable[int]] = ..., resume_count: _Optional[int] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[bytes] = ..., last_resume_sent_tokens: _Optional[int] = ..., waiting_for_blocks: _Optional[bool] = ..., window_epoch: _Optional[int] = ..., incarnation: _Optional[int] = ..., readers: _Optional[int] = ..., readers_resumed: _Optional[int] = ...) -> None: ...
 
 class GetPoolInfoRequest(_message.Message):
     __slots__ = ()
@@ -214,12 +220,14 @@ class TransportParams(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
-    __slots__ = ("transfer_id", "window_tokens")
+    __slots__ = ("transfer_id", "window_tokens", "readers")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     window_tokens: int
-    def __init__(self, transfer_id: _Optional[str] = ..., window_tokens: _Optional[int] = ...) -> None: ...
+    readers: int
+    def __init__(self, transfer_id: _Optional[str] = ..., window_tokens: _Optional[int] = ..., readers: _Optional[int] = ...) -> None: ...
 
 class OpenResponse(_message.Message):
     __slots__ = ("status",)
@@ -258,14 +266,16 @@ class PollRequest(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("transfer_id", "incarnation", "until_done")
+    __slots__ = ("transfer_id", "incarnation", "until_done", "reader")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     UNTIL_DONE_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     incarnation: int
     until_done: bool
-    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., until_done: _Optional[bool] = ...) -> None: ...
+    reader: int
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., until_done: _Optional[bool] = ..., reader: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("transfer_id", "incarnation")
@@ -284,24 +294,28 @@ class ReadResponse(_message.Message):
     def __init__(self, start_token: _Optional[int] = ..., rows: _Optional[bytes] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
-    __slots__ = ("transfer_id", "sent_tokens", "window_tokens", "incarnation")
+    __slots__ = ("transfer_id", "sent_tokens", "window_tokens", "incarnation", "reader")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     sent_tokens: int
     window_tokens: int
     incarnation: int
-    def __init__(self, transfer_id: _Optional[str] = ..., sent_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    reader: int
+    def __init__(self, transfer_id: _Optional[str] = ..., sent_tokens: _Optional[int] = ..., window_tokens: _Optional[int] = ..., incarnation: _Optional[int] = ..., reader: _Optional[int] = ...) -> None: ...
 
 class ResumeResponse(_message.Message):
-    __slots__ = ("status", "duplicate")
+    __slots__ = ("status", "duplicate", "readers_pending")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    READERS_PENDING_FIELD_NUMBER: _ClassVar[int]
     status: TransferStatus
     duplicate: bool
-    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    readers_pending: int
+    def __init__(self, status: _Optional[_Union[TransferStatus, _Mapping]] = ..., duplicate: _Optional[bool] = ..., readers_pending: _Optional[int] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("transfer_id", "reason", "incarnation")
@@ -314,12 +328,14 @@ class AbortRequest(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("transfer_id", "incarnation")
+    __slots__ = ("transfer_id", "incarnation", "reader")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     incarnation: int
-    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    reader: int
+    def __init__(self, transfer_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., reader: _Optional[int] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("status", "freed_blocks")
