@@ -70,19 +70,25 @@ class KvferryECConnector(ECConnectorBase):
         ec = vllm_config.ec_transfer_config
         assert ec is not None  # the base class refused a config without it
         self.config = ConnectorConfig.from_extra(ec.ec_connector_extra_config)
-        _refuse_parallel(vllm_config)
+        _refuse_pipeline_parallel(vllm_config)
+        ranks = vllm_config.parallel_config.tensor_parallel_size
         self.producer: Producer | None = None
         self.arrivals: Arrivals | None = None
         self.loader: Loader | None = None
         self._failed: list[str] = []
         if role == ECConnectorRole.WORKER:
-            if self.is_producer:
+            rank = _tensor_parallel_rank(ranks)
+            # Every rank of an encoder computes the same embedding: rank 0 sends it.
+            if self.is_producer and rank == 0:
                 self.producer = Producer(self.config)
+            # Every rank of a language model needs every row: each takes every window in
+            # itself, as one of the transfer's readers.
             if self.is_consumer:
-                self.loader = Loader(self.config, _worker_device(), _model_rows(vllm_config))
+                self.loader = Loader(self.config, _worker_device(), _model_rows(vllm_config),
+                                     reader=rank)
         elif self.is_consumer:
             rows = _model_rows(vllm_config)
-            self.arrivals = Arrivals(self.config, rows[1] if rows else None)
+            self.arrivals = Arrivals(self.config, rows[1] if rows else None, readers=ranks)
         log.info("kvferry EC connector: %s, %s, server %s", role.name.lower(),
                  "producer" if self.is_producer else "consumer", self.config.target)
 
@@ -147,17 +153,25 @@ class KvferryECConnector(ECConnectorBase):
         self.producer = self.arrivals = self.loader = None
 
 
-def _refuse_parallel(vllm_config: VllmConfig) -> None:
-    """Every tensor- or pipeline-parallel worker runs its own worker-side connector: each would
-    send the same image, and each would take in (and one release) a transfer the others still
-    read. Until the ranks share one transfer, such an engine is refused at start, not broken."""
+def _refuse_pipeline_parallel(vllm_config: VllmConfig) -> None:
+    """Tensor-parallel ranks share each transfer (one reader each). Pipeline stages would each
+    need only some layers' share of the work and run their own connectors: not supported yet,
+    so such an engine is refused at start, not broken."""
     par = vllm_config.parallel_config
-    if par.tensor_parallel_size > 1 or par.pipeline_parallel_size > 1:
+    if par.pipeline_parallel_size > 1:
         raise ConfigError(
-            f"KvferryECConnector runs with one worker per engine; this engine has "
-            f"tensor_parallel_size={par.tensor_parallel_size}, pipeline_parallel_size="
-            f"{par.pipeline_parallel_size}: use --tensor-parallel-size 1 --pipeline-parallel-size 1 "
-            f"on this instance, or data parallelism (one engine per GPU)")
+            f"KvferryECConnector supports tensor parallelism, not pipeline parallelism; this "
+            f"engine has pipeline_parallel_size={par.pipeline_parallel_size}: use "
+            f"--pipeline-parallel-size 1 on this instance")
+
+
+def _tensor_parallel_rank(ranks: int) -> int:
+    """This worker's tensor-parallel rank (its groups are set up before the connector)."""
+    if ranks == 1:
+        return 0
+    from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+    return int(get_tensor_model_parallel_rank())
 
 
 def _items_ahead(request: Request, num_computed_tokens: int) -> list[tuple[str, int]]:

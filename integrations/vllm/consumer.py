@@ -84,10 +84,13 @@ class Load:
 class Arrivals:
     """Scheduler side: which images are on their way, and which have arrived."""
 
-    def __init__(self, config: ConnectorConfig, dtype: torch.dtype | None) -> None:
-        """DTYPE: the model's, when the engine has one: an embedding of another is refused."""
+    def __init__(self, config: ConnectorConfig, dtype: torch.dtype | None,
+                 readers: int = 1) -> None:
+        """DTYPE: the model's, when the engine has one: an embedding of another is refused.
+        READERS: the engine's tensor-parallel ranks, each of which takes every row in."""
         self.config = config
         self.dtype = dtype
+        self.readers = readers
         self.bridge = Bridge(config, "kvferry-vllm-scheduler")
         self.expected: dict[str, Expected] = {}
         self.resident: set[str] = set()  # in this engine's encoder cache (loaded or encoded)
@@ -214,7 +217,7 @@ class Arrivals:
         opening the server made, so that it can be given back rather than held until the
         server's bootstrap timeout."""
         call = asyncio.ensure_future(self.bridge.client.open(e.tid, self.config.window_tokens,
-                                                             secret=secret))
+                                                             secret=secret, readers=self.readers))
         try:
             e.incarnation = (await asyncio.shield(call)).incarnation
         except asyncio.CancelledError:
@@ -241,9 +244,10 @@ class Arrivals:
         with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
             await asyncio.wait_for(client.abort(e.tid, reason, secret=secret,
                                                 incarnation=e.incarnation), 5)
-        with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
-            await asyncio.wait_for(client.release(e.tid, secret=secret,
-                                                  incarnation=e.incarnation), 5)
+        for reader in range(self.readers):  # no rank took it: released for each
+            with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(client.release(e.tid, secret=secret, reader=reader,
+                                                      incarnation=e.incarnation), 5)
 
     def _drop(self, e: Expected, reason: str) -> None:
         # Cancelling a task still on its way makes it give its opening back itself; one that
@@ -280,12 +284,15 @@ class Loader:
     """Worker side: receive ready embeddings into the encoder cache."""
 
     def __init__(self, config: ConnectorConfig, device: torch.device,
-                 model: tuple[int, torch.dtype] | None) -> None:
+                 model: tuple[int, torch.dtype] | None, reader: int = 0) -> None:
         """MODEL: this model's hidden size and dtype, when the engine has one (an embedding of
-        another dtype is refused; a placeholder for a broken-off one takes that shape)."""
+        another dtype is refused; a placeholder for a broken-off one takes that shape).
+        READER: this worker's tensor-parallel rank: it reads, resumes and releases as that one
+        of the transfer's readers."""
         self.config = config
         self.device = device
         self.model = model
+        self.reader = reader
         self.bridge = Bridge(config, "kvferry-vllm-worker")
         self.loaded = 0
         self._pool: Any = None  # ShmPool or MappedPool; False: cannot be mapped here
@@ -378,7 +385,7 @@ class Loader:
         out: torch.Tensor | None = None
         header: Header | None = None
         async for w in client.receive(load.tid, self.config.window_tokens, open=False,
-                                      views=True, incarnation=load.incarnation,
+                                      views=True, incarnation=load.incarnation, reader=self.reader,
                                       secret=transfer_secret(self.config.secret, load.tid)):
             if header is None:
                 header = Header.decode(w.metadata)
@@ -398,6 +405,7 @@ class Loader:
     async def _release(self, load: Load) -> None:
         with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
             await self.bridge.client.release(load.tid, incarnation=load.incarnation,
+                                             reader=self.reader,
                                              secret=transfer_secret(self.config.secret, load.tid))
 
     async def _drop(self, load: Load, reason: str) -> None:
@@ -406,7 +414,8 @@ class Loader:
         with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
             await client.abort(load.tid, reason, secret=secret, incarnation=load.incarnation)
         with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
-            await client.release(load.tid, secret=secret, incarnation=load.incarnation)
+            await client.release(load.tid, secret=secret, incarnation=load.incarnation,
+                                 reader=self.reader)
 
     def close(self) -> None:
         self.bridge.close()

@@ -287,7 +287,16 @@ def test_bad_settings_are_refused_with_the_key_to_fix(extra, says, tiny_model: P
 
 
 @pytest.mark.parametrize("ec_role", ["ec_producer", "ec_consumer"])
-def test_a_tensor_parallel_engine_is_refused_at_start(ec_role: str, tiny_model: Path) -> None:
-    with pytest.raises(ConfigError, match="--tensor-parallel-size 1"):
+def test_a_pipeline_parallel_engine_is_refused_at_start(ec_role: str, tiny_model: Path) -> None:
+    with pytest.raises(ConfigError, match="--pipeline-parallel-size 1"):
         make(WORKER, ec_role, tiny_model, "localhost:1",
+             parallel=ParallelConfig(pipeline_parallel_size=2))
+
+
+def test_a_tensor_parallel_consumer_opens_each_transfer_for_every_rank(tiny_model: Path) -> None:
+    c = make(SCHEDULER, "ec_consumer", tiny_model, "localhost:1",
              parallel=ParallelConfig(tensor_parallel_size=2))
+    try:
+        assert c.arrivals is not None and c.arrivals.readers == 2
+    finally:
+        c.shutdown()

