@@ -191,9 +191,8 @@ class Coordinator:
 
     def resume(self, transfer_id: str, sent_tokens: int, window_tokens: int, now: float,
                incarnation: int = 0, reader: int = 0) -> ResumeResult:
-        t = self.get(transfer_id, incarnation)
-        refusals.check_reader(t, reader)
         t = self.observe(transfer_id, now, incarnation, reader)
+        refusals.check_reader(t, reader)
         if t.last_resume_sent_tokens >= 0 and sent_tokens <= t.last_resume_sent_tokens:
             return self._duplicate(t, "repeat" if sent_tokens == t.last_resume_sent_tokens
                                    else "stale")
