@@ -646,6 +646,47 @@ def test_a_watch_closed_on_purpose_leaves_the_lease() -> None:
     assert t.outcome == Outcome.LEASE_EXPIRED
 
 
+def test_a_window_of_two_readers_moves_on_with_the_second_resume() -> None:
+    c, _ = make(stall=100)
+    c.open("a", 16, now=0, readers=2)
+    c.attach("a", 40, b"", now=0)
+    push(c, "a", 0, 16, now=0)
+    t = c.get("a")
+    epoch = t.window_epoch
+    first = c.resume("a", 16, 0, now=1, reader=1)
+    assert (first.duplicate, first.pending) == (False, 1)
+    assert t.state is State.TRANSFERRING and t.window_epoch == epoch  # still the readers' window
+    assert c.resume("a", 16, 0, now=2, reader=1).duplicate  # a retry stands in for nobody
+    with pytest.raises(InvalidArgument, match="opened for 2 reader"):
+        c.resume("a", 16, 0, now=2, reader=2)
+    last = c.resume("a", 16, 0, now=3, reader=0)
+    assert (last.duplicate, last.pending) == (False, 0)
+    assert t.state is State.RESUMING and t.window_epoch != epoch and not t.resumed_by
+    assert c.totals.resumes_applied == 1 and c.totals.duplicates["repeat"] == 1
+
+
+def test_a_transfer_of_two_readers_is_released_by_the_second() -> None:
+    c, _ = make()
+    c.open("a", 16, now=0, readers=2)
+    c.attach("a", 8, b"", now=0)
+    push(c, "a", 0, 8, now=0)
+    assert c.release("a", reader=0) == (c.get("a"), 0)  # the other reader still reads
+    _, freed = c.release("a", reader=1)
+    assert freed > 0 and "a" not in c.transfers
+
+
+def test_a_reader_that_left_fails_the_transfer_naming_it() -> None:
+    c, _ = make(lease=30, stall=100, grace=2)
+    t = c.open("a", 16, now=0, readers=2)
+    c.attach("a", 40, b"", now=0)
+    for r in (0, 1):
+        c.watch_started(t, now=0, reader=r)
+    c.watch_ended(t, now=1, until_done=True, reader=1)
+    c.observe("a", 2.5)  # a Poll names no reader: it does not say reader 1 is back
+    c.expire(3)
+    assert t.outcome == Outcome.RECEIVER_GONE and "reader 1 (of 2)" in t.failure_reason
+
+
 def test_retention_shorter_than_the_live_deadline() -> None:
     c, _ = make(stall=100, retention=2)
     fill_first_window(c, total=16, now=0)

@@ -166,6 +166,29 @@ def _mooncake_pair(net: Hosts) -> tuple[Agent, Agent]:
     return server, client
 
 
+def _cut_mid_transfer(net: Hosts, server: Agent, client: Agent, tid: str,
+                      link: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A one-sided Mooncake send of ten windows, the receiver holding the first: cut ``link``,
+    let the receiver go on; what the sender and the receiver then raised."""
+    server.tell(f"receive {tid} 64")
+    client.tell(f"send {tid} 640 mooncake")
+    server.expect(window=tid, n=0)
+    net.cut(link)
+    cut_at = time.monotonic()
+    server.tell(f"go {tid}")
+    sender, receiver = client.expect(sender=tid), server.expect(receiver=tid)
+    report(f"link {link} cut: mooncake sender", sender, cut_at)
+    report(f"link {link} cut: receiver", receiver, cut_at)
+    return sender, receiver
+
+
+def _canary_exact_then_every_block_back(server: Agent, tid: str) -> None:
+    server.tell(f"canary {tid} 256 64")
+    assert server.expect(canary=tid)["exact"]
+    server.tell(f"pool-free {HANG}")
+    assert server.expect(pool_free=...)["pool_free"]
+
+
 def test_a_silent_data_link_fails_the_write_and_the_fence_holds(two_links: Hosts) -> None:
     """The engine's link goes silent between two windows while gRPC lives: the next write fails
     when the engine times out; the sender cannot know it will not land, so it fails the
@@ -175,25 +198,13 @@ def test_a_silent_data_link_fails_the_write_and_the_fence_holds(two_links: Hosts
     net = two_links
     server, client = _mooncake_pair(net)
     try:
-        server.tell("receive data 64")
-        client.tell("send data 640 mooncake")
-        server.expect(window="data", n=0)
-        net.cut(1)
-        cut_at = time.monotonic()
-        server.tell("go data")
-        sender = client.expect(sender="data")
+        sender, receiver = _cut_mid_transfer(net, server, client, "data", 1)
         assert sender["error"] == "TransferFailed" and "Mooncake write" in sender["text"], sender
-        receiver = server.expect(receiver="data")
-        report("data link cut: mooncake sender", sender, cut_at)
-        report("data link cut: receiver", receiver, cut_at)
         assert "Mooncake write" in receiver["text"], receiver  # the sender's reason, at once
         server.tell("pool")
         assert server.expect(quarantined=...)["quarantined"] > 0  # fenced: it may still land
         net.heal(1)
-        server.tell("canary canary-1 256 64")
-        assert server.expect(canary="canary-1")["exact"]
-        server.tell(f"pool-free {HANG}")
-        assert server.expect(pool_free=...)["pool_free"]
+        _canary_exact_then_every_block_back(server, "canary-1")
     finally:
         client.close()
         server.close()
@@ -207,23 +218,11 @@ def test_a_silent_control_link_ends_the_send_and_the_server_fails_it(two_links: 
     net = two_links
     server, client = _mooncake_pair(net)
     try:
-        server.tell("receive ctl 64")
-        client.tell("send ctl 640 mooncake")
-        server.expect(window="ctl", n=0)
-        net.cut(0)
-        cut_at = time.monotonic()
-        server.tell("go ctl")
-        sender = client.expect(sender="ctl")
+        sender, receiver = _cut_mid_transfer(net, server, client, "ctl", 0)
         assert sender["error"] == "TransferFailed" and "unreachable" in sender["text"], sender
         assert net.server_addresses[0] in sender["text"], sender
-        receiver = server.expect(receiver="ctl")
-        report("control link cut: mooncake sender", sender, cut_at)
-        report("control link cut: receiver", receiver, cut_at)
         assert "sender_gone" in receiver["text"], receiver
-        server.tell("canary canary-2 256 64")
-        assert server.expect(canary="canary-2")["exact"]
-        server.tell(f"pool-free {HANG}")
-        assert server.expect(pool_free=...)["pool_free"]
+        _canary_exact_then_every_block_back(server, "canary-2")
         net.heal(0)
     finally:
         client.close()
