@@ -256,6 +256,13 @@ def fill_first_window(c: Coordinator, tid: str = "a", total: int = 40, window: i
     return c.get(tid)
 
 
+def attached(c: Coordinator, total: int, readers: int = 1) -> Transfer:
+    """Transfer "a", opened (16-token window, for ``readers``) and attached at time 0."""
+    t = c.open("a", 16, now=0, readers=readers)
+    c.attach("a", total, b"", now=0)
+    return t
+
+
 def test_resume_applies_and_the_next_window_reuses_the_same_blocks() -> None:
     c, rec = make()
     t = fill_first_window(c)
@@ -562,8 +569,7 @@ def test_an_open_watch_holds_the_lease() -> None:
 
 def test_a_sender_whose_stream_ended_early_has_the_reconnect_grace() -> None:
     c, _ = make(stall=100, grace=2)
-    t = c.open("a", 16, now=0)
-    c.attach("a", 64, b"", now=0)
+    t = attached(c, 64)
     c.sender_started(t)
     push(c, "a", 0, 5, now=1)
     c.sender_ended(t, now=1)
@@ -583,8 +589,7 @@ def test_a_sender_whose_stream_ended_early_has_the_reconnect_grace() -> None:
 
 def test_a_sender_stream_ending_beside_another_starts_no_grace() -> None:
     c, _ = make(stall=100, grace=2)
-    t = c.open("a", 16, now=0)
-    c.attach("a", 64, b"", now=0)
+    t = attached(c, 64)
     c.sender_started(t)
     c.sender_started(t)
     c.sender_ended(t, now=1)  # one of two ended: the other still sends
@@ -594,8 +599,7 @@ def test_a_sender_stream_ending_beside_another_starts_no_grace() -> None:
 
 def test_a_sender_stream_ending_with_its_transfer_starts_no_grace() -> None:
     c, _ = make(stall=100, grace=2, retention=1000)
-    t = c.open("a", 16, now=0)
-    c.attach("a", 16, b"", now=0)
+    t = attached(c, 16)
     c.sender_started(t)
     push(c, "a", 0, 16, now=1)
     c.sender_ended(t, now=1)
@@ -604,8 +608,7 @@ def test_a_sender_stream_ending_with_its_transfer_starts_no_grace() -> None:
 
 def test_a_commit_is_a_sender_calling_again() -> None:
     c, _ = make(stall=100, grace=2)
-    t = c.open("a", 16, now=0)
-    c.attach("a", 64, b"", now=0)
+    t = attached(c, 64)
     c.sender_started(t)
     g = c.grant("a")
     assert g is not None
@@ -648,8 +651,7 @@ def test_a_watch_closed_on_purpose_leaves_the_lease() -> None:
 
 def test_a_window_of_two_readers_moves_on_with_the_second_resume() -> None:
     c, _ = make(stall=100)
-    c.open("a", 16, now=0, readers=2)
-    c.attach("a", 40, b"", now=0)
+    attached(c, 40, readers=2)
     push(c, "a", 0, 16, now=0)
     t = c.get("a")
     epoch = t.window_epoch
@@ -667,8 +669,7 @@ def test_a_window_of_two_readers_moves_on_with_the_second_resume() -> None:
 
 def test_a_transfer_of_two_readers_is_released_by_the_second() -> None:
     c, _ = make()
-    c.open("a", 16, now=0, readers=2)
-    c.attach("a", 8, b"", now=0)
+    attached(c, 8, readers=2)
     push(c, "a", 0, 8, now=0)
     assert c.release("a", reader=0) == (c.get("a"), 0)  # the other reader still reads
     _, freed = c.release("a", reader=1)
@@ -677,8 +678,7 @@ def test_a_transfer_of_two_readers_is_released_by_the_second() -> None:
 
 def test_a_reader_that_left_fails_the_transfer_naming_it() -> None:
     c, _ = make(lease=30, stall=100, grace=2)
-    t = c.open("a", 16, now=0, readers=2)
-    c.attach("a", 40, b"", now=0)
+    t = attached(c, 40, readers=2)
     for r in (0, 1):
         c.watch_started(t, now=0, reader=r)
     c.watch_ended(t, now=1, until_done=True, reader=1)

@@ -29,6 +29,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+from kvserver import wait_until  # beside this file: tests/support
 
 from kvferry.client import Client
 from kvferry.testing import ServerProcess, launch
@@ -107,29 +108,26 @@ class Agent:
             say(pool_free=False, text=str(e))
 
     def reach(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
         with self.client() as c:
-            while True:
-                try:
-                    c.pool_info(refresh=True)
-                    say(reached=True)
-                    return
-                except Exception as e:
-                    if time.monotonic() > deadline:
-                        say(reached=False, **failure(e))
-                        return
-                time.sleep(0.05)
+            try:
+                wait_until(lambda: c.pool_info(refresh=True), "a call through", within=seconds)
+                say(reached=True)
+            except AssertionError as e:
+                say(reached=False, **failure(e))
 
     def ended(self, tid: str, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+        """Watched through List, which (unlike Poll or Watch) says nothing of the receiver."""
+        def outcome(c: Client) -> str:
+            held = [x for x in c.list_transfers() if x.status.transfer_id == tid]
+            if held and held[0].outcome:
+                say(ended=tid, outcome=held[0].outcome, text=held[0].status.failure_reason)
+            return held[0].outcome if held else ""
+
         with self.client() as c:
-            while time.monotonic() < deadline:
-                held = [x for x in c.list_transfers() if x.status.transfer_id == tid]
-                if held and held[0].outcome:
-                    say(ended=tid, outcome=held[0].outcome, text=held[0].status.failure_reason)
-                    return
-                time.sleep(0.02)
-        say(ended=tid, outcome="", text="still live")
+            try:
+                wait_until(lambda: outcome(c), f"{tid} terminal", within=seconds)
+            except AssertionError:
+                say(ended=tid, outcome="", text="still live")
 
     def serve_commands(self) -> None:
         for line in sys.stdin:
