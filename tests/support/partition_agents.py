@@ -42,8 +42,16 @@ def payload(tid: str, total: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (total, ROW), dtype=np.uint8)
 
 
+_SAYING = threading.Lock()
+
+
 def say(**kw: object) -> None:
-    print(json.dumps({**kw, "t": time.monotonic()}), flush=True)
+    # Several threads speak at once, and print() writes the text and its newline apart: one
+    # locked write per event keeps every event on its own line.
+    line = json.dumps({**kw, "t": time.monotonic()}) + "\n"
+    with _SAYING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def failure(e: BaseException) -> dict[str, str]:
