@@ -38,10 +38,13 @@ class Window:
     total_tokens: int
     metadata: bytes
     last: bool
+    status: pb.TransferStatus
+    """The status the window was found full on: its blocks, for a caller that reads the window
+    itself (``receive(read=False)``)."""
 
     @property
     def num_tokens(self) -> int:
-        return len(self.data) // self.row_bytes
+        return self.status.window_filled_tokens
 
     def rows(self) -> np.ndarray:
         """The rows as a read-only uint8 array [num_tokens, row_bytes] over ``data`` (no copy)."""
@@ -52,8 +55,8 @@ class Window:
 async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *,
                   open: bool = True, release: bool = True, wait_open: float = 30.0,
                   check_metadata: Callable[[bytes], object] | None = None,
-                  transport: str = "auto", views: bool = False, secret: str | None = None,
-                  incarnation: int = 0, readers: int = 1,
+                  transport: str = "auto", views: bool = False, read: bool = True,
+                  secret: str | None = None, incarnation: int = 0, readers: int = 1,
                   reader: int = 0) -> AsyncGenerator[Window, None]:
     """Open the transfer and yield its windows in order, resuming after each one is consumed.
 
@@ -73,7 +76,12 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     ``grpc`` reads it with Read; ``auto`` takes ``shm`` where it works. ``views``: with
     ``shm``, yield each window as a view into the pool, no copy at all, valid until the next
     window is asked for (then it is checked to have been the window's throughout, and the
-    window is resumed); keep what you need by copying it before that. Refusals raise
+    window is resumed); keep what you need by copying it before that. ``read=False``: yield
+    each full window unread (``data`` empty) for a caller that copies it out of a pool it mapped
+    itself (``map_pool()``: a GPU pool through CUDA IPC, say) from ``Window.status``, finishing
+    the copy before it asks for the next window; then, as with views, the window is checked to
+    have been the caller's throughout (asking the server where the mapping cannot tell) before
+    it is resumed. Refusals raise
     ``kvferry.client.errors.KvferryError``s. ``secret``: the
     transfer secret the router made (kvferry.client.secrets): the Open binds the transfer to
     it, and every later call presents it. Every call names the opening it is for
@@ -123,14 +131,17 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
             full = st.window_filled_tokens == st.window_tokens or st.state == SUCCESS
             if not (full and st.window_filled_tokens and st.sent_tokens > handed_out):
                 continue
-            if views and mapped is not None:
+            data: bytes | memoryview = b""
+            if read and views and mapped is not None:
                 data = _one_view(mapped.window(st))
-            else:
+            elif read:
                 data = await _read_window(self, transfer_id, st, mapped, md)
             last = st.state == SUCCESS
             yield Window(transfer_id, st.window_start_token, data, row_bytes, st.total_tokens,
-                         st.metadata, last)
-            if views and mapped is not None:
+                         st.metadata, last, st)
+            if not read:
+                await _check_still_window(self, transfer_id, st, mapped, md, "it was read")
+            elif views and mapped is not None:
                 await _check_still_window(self, transfer_id, st, mapped, md, "its view was in use")
             handed_out = st.sent_tokens
             if last:
@@ -176,10 +187,11 @@ async def _read_window(self: AsyncClient, transfer_id: str, st: pb.TransferStatu
 
 
 async def _check_still_window(self: AsyncClient, transfer_id: str, st: pb.TransferStatus,
-                              reader: WindowReader, md: Metadata, during: str) -> None:
+                              reader: WindowReader | None, md: Metadata, during: str) -> None:
     """The window stays the receiver's until it resumes, unless the transfer failed and its
-    blocks went to another: then what was read may hold their rows, and must not be used."""
-    intact = reader.still_window(st)
+    blocks went to another: then what was read may hold their rows, and must not be used.
+    READER: the link it was read through (None: one of the caller's own, that cannot tell)."""
+    intact = reader.still_window(st) if reader is not None else None
     if intact:
         return
     now = await self.stub.Poll(pb.PollRequest(transfer_id=transfer_id,
