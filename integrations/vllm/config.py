@@ -17,7 +17,7 @@ from kvferry.client.transports import TRANSPORTS
 
 PREFIX = "kvferry_"
 # Every key the connector reads (docs/vllm.md lists each; a test holds the two together).
-KEYS = tuple(PREFIX + k for k in ("target", "token_file", "secret_file", "window_tokens",
+KEYS = tuple(PREFIX + k for k in ("target", "targets", "token_file", "secret_file", "window_tokens",
                                   "transport", "sender_wait_s", "on_failure",
                                   "transfer_id_prefix", "max_sends_in_flight", "keepalive_s",
                                   "keepalive_timeout_s", "call_timeout_s"))
@@ -32,6 +32,10 @@ class ConfigError(ValueError):
 class ConnectorConfig:
     target: str
     """host:port of the kvferry server both engines talk to."""
+    targets: tuple[str, ...] = ()
+    """Producer: the kvferry servers a request may name as its language instance's
+    (``ec_transfer_params.kvferry_target``), besides ``target``; a name outside them is refused
+    (the encoder never connects where a request alone tells it to)."""
     token: str | None = None
     """Bearer token, read from ``kvferry_token_file`` (the server's --token-file)."""
     secret: str | None = None
@@ -74,6 +78,7 @@ class ConnectorConfig:
         if not isinstance(target, str) or ":" not in target:
             raise ConfigError("ec_connector_extra_config.kvferry_target: give the kvferry "
                               f"server as \"host:port\" (got {target!r})")
+        targets = _targets(extra.get(f"{PREFIX}targets", ""))
         transport = str(extra.get(f"{PREFIX}transport", cls.transport))
         if transport not in TRANSPORTS.names():
             raise ConfigError(f"ec_connector_extra_config.kvferry_transport: {transport!r} is not "
@@ -89,6 +94,7 @@ class ConnectorConfig:
                               "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return cls(
             target=target,
+            targets=targets,
             token=_read(extra, f"{PREFIX}token_file"),
             secret=secret,
             window_tokens=_number(extra, f"{PREFIX}window_tokens", cls.window_tokens, int, minimum=0),
@@ -106,6 +112,23 @@ class ConnectorConfig:
             call_timeout_s=_number(extra, f"{PREFIX}call_timeout_s", cls.call_timeout_s, float,
                                    minimum=0.1),
         )
+
+    def allows(self, target: str) -> bool:
+        return target == self.target or target in self.targets
+
+
+def _targets(raw: Any) -> tuple[str, ...]:
+    """``"host:port,host:port"`` or a list of them."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"ec_connector_extra_config.{PREFIX}targets: give the language "
+                          f"instances' kvferry servers as \"host:port,host:port\" (got {raw!r})")
+    out = tuple(str(t).strip() for t in items if str(t).strip())
+    for t in out:
+        if ":" not in t:
+            raise ConfigError(f"ec_connector_extra_config.{PREFIX}targets: {t!r} is not "
+                              "\"host:port\"")
+    return out
 
 
 def _read(extra: Mapping[str, Any], key: str) -> str | None:

@@ -15,9 +15,11 @@ Two behaviours of vLLM 0.32 shape this class:
   blocks after a delayed free only on the *KV* connector's ``finished_sending``, so ``True`` here
   would keep every encoder request forever. The producer keeps the encoder output alive by
   holding its own reference until the send is done instead.
-- The scheduler must only call an embedding external once it has arrived: the model runner
-  raises "Encoder cache miss" on an entry the connector did not fill, and a worker with nothing
-  scheduled never runs the connector. So arrival is decided on the scheduler side, from kvferry.
+- A worker with nothing scheduled never runs the connector, so the scheduler cannot wait for
+  its workers through vLLM: it tells every rank what to stage over a channel of its own
+  (``ranks``) and lets a request run only once every rank holds its whole embedding. The step
+  then moves staged tensors into the encoder cache: a request is never computed on rows that
+  did not arrive.
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ from vllm.distributed.ec_transfer.ec_connector.base import (
     ECConnectorBase,
     ECConnectorMetadata,
     ECConnectorRole,
-    ECConnectorWorkerMetadata,
+)
+from vllm.distributed.ec_transfer.ec_connector.utils import (
+    PlaceholderMetadataResolver,
+    collect_ec_item_metadata,
 )
 
 from kvferry.integrations.vllm.config import ConfigError, ConnectorConfig
 from kvferry.integrations.vllm.consumer import Arrivals, Load, Loader
-from kvferry.integrations.vllm.producer import Producer
+from kvferry.integrations.vllm.producer import Producer, Routes
+from kvferry.integrations.vllm.ranks import engine_name
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
     from vllm.v1.core.sched.output import SchedulerOutput
-    from vllm.v1.outputs import ECConnectorOutput
     from vllm.v1.request import Request
 
 log = logging.getLogger("kvferry.integrations.vllm")
@@ -49,19 +54,10 @@ log = logging.getLogger("kvferry.integrations.vllm")
 
 @dataclass
 class KvferryECMetadata(ECConnectorMetadata):
-    """Scheduler -> worker, each step: the arrived embeddings to take in."""
+    """Scheduler -> worker, each step. Language side: the staged embeddings to move into the
+    encoder cache. Encoder side: (image, kvferry server) pairs, where each image goes."""
     loads: list[Load] = field(default_factory=list)
-
-
-@dataclass
-class KvferryECWorkerMetadata(ECConnectorWorkerMetadata):
-    """Worker -> scheduler: requests whose embedding broke off while it was taken in."""
-    failed_requests: list[str] = field(default_factory=list)
-
-    def aggregate(self, other: ECConnectorWorkerMetadata) -> ECConnectorWorkerMetadata:
-        if isinstance(other, KvferryECWorkerMetadata):
-            return KvferryECWorkerMetadata(self.failed_requests + other.failed_requests)
-        return self
+    routes: list[tuple[str, str]] = field(default_factory=list)
 
 
 class KvferryECConnector(ECConnectorBase):
@@ -73,9 +69,10 @@ class KvferryECConnector(ECConnectorBase):
         _refuse_pipeline_parallel(vllm_config)
         ranks = vllm_config.parallel_config.tensor_parallel_size
         self.producer: Producer | None = None
+        self.routes: Routes | None = None
         self.arrivals: Arrivals | None = None
         self.loader: Loader | None = None
-        self._failed: list[str] = []
+        engine = _engine_name(vllm_config)
         if role == ECConnectorRole.WORKER:
             rank = _tensor_parallel_rank(ranks)
             # Every rank of an encoder computes the same embedding: rank 0 sends it.
@@ -85,19 +82,34 @@ class KvferryECConnector(ECConnectorBase):
             # itself, as one of the transfer's readers.
             if self.is_consumer:
                 self.loader = Loader(self.config, _worker_device(), _model_rows(vllm_config),
-                                     reader=rank)
+                                     reader=rank, engine=engine)
+        elif self.is_producer:
+            self.routes = Routes(self.config)
+            # vLLM's own reading of which placeholder fields this model's consumers need.
+            self._resolver = PlaceholderMetadataResolver(vllm_config.model_config)
         elif self.is_consumer:
             rows = _model_rows(vllm_config)
-            self.arrivals = Arrivals(self.config, rows[1] if rows else None, readers=ranks)
+            # Staged embeddings wait beside the encoder cache: bounded by its size.
+            budget = int(getattr(vllm_config.scheduler_config, "encoder_cache_size", 0) or 0)
+            self.arrivals = Arrivals(self.config, rows[1] if rows else None, readers=ranks,
+                                     engine=engine, budget_rows=budget)
         log.info("kvferry EC connector: %s, %s, server %s", role.name.lower(),
                  "producer" if self.is_producer else "consumer", self.config.target)
 
     # -- worker -----------------------------------------------------------------------------
 
+    def start_save_caches(self, **kwargs: Any) -> None:
+        encoder_cache = kwargs.get("encoder_cache")
+        if self.producer is None or encoder_cache is None:
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, KvferryECMetadata)
+        self.producer.route(meta.routes, encoder_cache)
+
     def save_caches(self, encoder_cache: dict[str, torch.Tensor], mm_hash: str,
                     **kwargs: Any) -> None:
         if self.producer is not None:
-            self.producer.save(encoder_cache[mm_hash], mm_hash)
+            self.producer.encoded(encoder_cache[mm_hash], mm_hash)
 
     def start_load_caches(self, encoder_cache: dict[str, torch.Tensor], **kwargs: Any) -> None:
         if self.loader is None:
@@ -105,20 +117,17 @@ class KvferryECConnector(ECConnectorBase):
         meta = self._get_connector_metadata()
         assert isinstance(meta, KvferryECMetadata)
         if meta.loads:
-            self._failed += self.loader.load(meta.loads, encoder_cache)
-
-    def build_connector_worker_meta(self) -> ECConnectorWorkerMetadata | None:
-        if not self._failed:
-            return None
-        failed, self._failed = self._failed, []
-        return KvferryECWorkerMetadata(failed)
+            self.loader.load(meta.loads, encoder_cache)
 
     # -- scheduler --------------------------------------------------------------------------
 
     def ensure_cache_available(self, request: Request, num_computed_tokens: int) -> bool:
+        items = _items_ahead(request, num_computed_tokens)
+        if self.routes is not None:
+            self.routes.ensure(request.ec_transfer_params, [h for h, _ in items])
         if self.arrivals is None:
             return True
-        return self.arrivals.ensure(request.request_id, _items_ahead(request, num_computed_tokens))
+        return self.arrivals.ensure(request.request_id, items)
 
     def has_cache_item(self, identifier: str) -> bool:
         return self.arrivals is not None and self.arrivals.has(identifier)
@@ -129,21 +138,24 @@ class KvferryECConnector(ECConnectorBase):
                                     request.get_num_encoder_embeds(index))
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ECConnectorMetadata:
+        if self.routes is not None:
+            return KvferryECMetadata(routes=self.routes.take())
         if self.arrivals is None:
             return KvferryECMetadata()
         return KvferryECMetadata(self.arrivals.take_loads(scheduler_output.free_encoder_mm_hashes))
-
-    def update_connector_output(self, connector_output: ECConnectorOutput) -> None:
-        meta = connector_output.ec_connector_worker_meta
-        if self.arrivals is not None and isinstance(meta, KvferryECWorkerMetadata):
-            self.arrivals.load_failed(meta.failed_requests)
 
     def take_unavailable_requests(self) -> set[str]:
         return set() if self.arrivals is None else self.arrivals.take_unavailable()
 
     def request_finished(self, request: Request) -> tuple[bool, dict[str, Any] | None]:
+        """The encoder's answer names, per image, vLLM's placeholder metadata (so a consumer
+        of a model that declares such fields can take the request without its pixels) and the
+        kvferry server and transfer it went to."""
         if self.arrivals is not None:
             self.arrivals.finished(request.request_id, [f.identifier for f in request.mm_features])
+        if self.routes is not None and request.mm_features:
+            items = collect_ec_item_metadata(request.mm_features, self._resolver)
+            return False, self.routes.published(request.ec_transfer_params, items)
         return False, None
 
     def shutdown(self) -> None:
@@ -163,6 +175,15 @@ def _refuse_pipeline_parallel(vllm_config: VllmConfig) -> None:
             f"KvferryECConnector supports tensor parallelism, not pipeline parallelism; this "
             f"engine has pipeline_parallel_size={par.pipeline_parallel_size}: use "
             f"--pipeline-parallel-size 1 on this instance")
+
+
+def _engine_name(vllm_config: VllmConfig) -> str:
+    """What names the channel between this engine's scheduler and its ranks: the EC config's
+    engine id (a fresh uuid unless set: the scheduler and workers get the same config) and the
+    data-parallel rank."""
+    ec = vllm_config.ec_transfer_config
+    assert ec is not None
+    return engine_name(str(ec.engine_id), vllm_config.parallel_config.data_parallel_rank)
 
 
 def _tensor_parallel_rank(ranks: int) -> int:

@@ -1,19 +1,26 @@
-"""Language side (``ec_consumer``): the scheduler finds embeddings, the worker takes them in.
+"""Language side (``ec_consumer``): the scheduler finds embeddings, every rank stages them.
+
+A request is never computed on rows that did not arrive: it is held back until its whole
+embedding is in the memory of every tensor-parallel rank, and the step that computes it only
+moves those tensors into vLLM's encoder cache, with nothing left that can fail.
 
 Scheduler (``Arrivals``): when a request needs an image it does not hold, the scheduler Opens
-that image's transfer (its id is the content hash) on the bridge's loop and watches it. Until the
-rows are in kvferry's pool the request is deferred (``ensure_cache_available`` says False), so the
-engine never schedules an embedding that has not arrived: it is *ready* once the sender has
-delivered all of it, or filled the first window of one longer than the window. No sender within
-``sender_wait_s``, a transfer that fails, or a server that cannot be reached makes the image
-*unavailable*: the engine encodes it itself (``on_failure = encode``) or fails the request
-(``fail``). Everything the scheduler opened and no request took is aborted and released when its
-requests finish, so an aborted request leaves nothing held.
+that image's transfer (its id is the content hash) for as many readers as the engine has ranks,
+tells every rank to stage it (``ranks``: vLLM reaches a worker only inside a step, and an engine
+whose requests all wait for images runs none), and watches it. The request is deferred
+(``ensure_cache_available`` says False) until every rank said it holds all rows. No sender within
+``sender_wait_s``, a transfer that fails, a rank that cannot take it in, or a server that cannot
+be reached makes the image *unavailable*: the engine encodes it itself (``on_failure =
+encode``) or fails the request (``fail``), before the request ever runs. Everything the
+scheduler opened and no request took is aborted and released, and dropped on the ranks, when
+its requests finish, so an aborted request leaves nothing held.
 
-Worker (``Loader``): for each ready image the scheduler hands over, copy the rows into one
-tensor on the worker's device, release the transfer, and put the tensor in vLLM's encoder cache:
-straight out of the server's pool mapped here when all rows arrived in one window, else window
-by window as they come.
+Worker (``Loader``): each rank takes every window of a transfer it is told to stage into one
+tensor on its device, as its own reader: straight out of the server's pool mapped here (shared
+memory for a CPU pool, CUDA IPC for a GPU pool), else with Read; a window moves on once every
+rank resumed it. Staged embeddings wait beside vLLM's encoder cache until their request is
+scheduled: at most the engine's encoder cache size in rows (``budget_rows``), except that one
+embedding larger than that is staged alone.
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
+import zmq
 
 from kvferry.client.contract import TransportUnavailable
 from kvferry.client.errors import KvferryError, TransferFailed
 from kvferry.integrations.vllm.bridge import Bridge
 from kvferry.integrations.vllm.config import ConnectorConfig
+from kvferry.integrations.vllm.ranks import Channel, Message, rank_channel, scheduler_channel
 from kvferry.integrations.vllm.wire import (
     Header,
     HeaderError,
@@ -49,9 +58,13 @@ log = logging.getLogger("kvferry.integrations.vllm")
 
 
 class Arrival(enum.Enum):
-    WAITING = "waiting"          # opened (or opening); the rows are not all there yet
-    READY = "ready"              # the worker can take it in now
+    WAITING = "waiting"          # opened (or opening); not on every rank yet
+    READY = "ready"              # every rank holds all its rows: the request can be scheduled
     UNAVAILABLE = "unavailable"  # it will not come: encode locally, or fail the request
+
+
+class RankFailed(Exception):
+    """A rank could not stage an embedding (it says why)."""
 
 
 @dataclass
@@ -59,38 +72,38 @@ class Expected:
     mm_hash: str
     tid: str
     tokens: int  # the embedding rows its requests' placeholders take
-    asked_at: float  # when a request first needed it: the wait for a sender counts from here
+    asked_at: float  # when it was opened: the wait for a sender counts from here
     state: Arrival = Arrival.WAITING
     incarnation: int = 0
     reason: str = ""
     requests: set[str] = field(default_factory=set)
     task: concurrent.futures.Future[None] | None = None
-    final: pb.TransferStatus | None = None  # the status that found all rows in one window
+    staged_on: set[int] = field(default_factory=set)  # the ranks that said they hold it
+    staged: asyncio.Future[None] | None = None  # done once every rank holds it (or one failed)
 
 
 @dataclass(frozen=True)
 class Load:
-    """What the worker needs to take one embedding in."""
+    """What the worker takes into the encoder cache: the embedding it staged for this opening."""
     mm_hash: str
-    tid: str
     incarnation: int
     request_id: str
-    tokens: int  # the embedding rows the request's placeholders take
-    final: pb.TransferStatus | None = None
-    """The transfer's status once all its rows were in the pool in one window (SUCCESS): the
-    worker copies them out of a mapped pool with no call to the server at all."""
 
 
 class Arrivals:
-    """Scheduler side: which images are on their way, and which have arrived."""
+    """Scheduler side: which images are on their way, and which every rank holds."""
 
     def __init__(self, config: ConnectorConfig, dtype: torch.dtype | None,
-                 readers: int = 1) -> None:
+                 readers: int = 1, engine: str = "", budget_rows: int = 0) -> None:
         """DTYPE: the model's, when the engine has one: an embedding of another is refused.
-        READERS: the engine's tensor-parallel ranks, each of which takes every row in."""
+        READERS: the engine's tensor-parallel ranks, each of which stages every row. ENGINE:
+        what names the channel to this engine's ranks (``ranks.engine_name``). BUDGET_ROWS: the
+        rows staged on each rank at once, beyond which a request with new images waits (0: no
+        bound)."""
         self.config = config
         self.dtype = dtype
         self.readers = readers
+        self.budget_rows = budget_rows
         self.bridge = Bridge(config, "kvferry-vllm-scheduler")
         self.expected: dict[str, Expected] = {}
         self.resident: set[str] = set()  # in this engine's encoder cache (loaded or encoded)
@@ -98,12 +111,22 @@ class Arrivals:
         self.unavailable_requests: set[str] = set()
         self.fallbacks = 0
 
+        async def connect() -> Channel:
+            return scheduler_channel(engine, readers)
+
+        self.ranks = self.bridge.run(connect())
+        self.bridge.submit(self.ranks.serve(self._heard))
+
     # -- what vLLM's scheduler asks ------------------------------------------------------------
 
     def ensure(self, request_id: str, items: list[tuple[str, int]]) -> bool:
         """Open what REQUEST_ID needs (ITEMS: content hash, embedding rows) and has not asked
         for; True once none is still coming."""
         ready = True
+        new = [(h, tokens) for h, tokens in items
+               if h not in self.resident and h not in self.expected]
+        if new and not self._room_for(sum(tokens for _, tokens in new)):
+            return False  # it waits for staged embeddings to be taken; opens nothing yet
         for h, tokens in items:
             if h in self.resident:
                 continue
@@ -126,19 +149,26 @@ class Arrivals:
             time.sleep(0)
         return ready
 
+    def _room_for(self, rows: int) -> bool:
+        """Whether ROWS more fit beside what the ranks stage now. A request's images are let in
+        together (one waiting for another's room could wait forever), and anything fits when
+        nothing is staged (an embedding larger than the budget goes alone)."""
+        staging = sum(e.tokens for e in self.expected.values() if e.state is not Arrival.UNAVAILABLE)
+        return not self.budget_rows or not staging or staging + rows <= self.budget_rows
+
     def has(self, mm_hash: str) -> bool:
         e = self.expected.get(mm_hash)
         return e is not None and e.state is Arrival.READY
 
     def allocated(self, request_id: str, mm_hash: str, tokens: int) -> None:
-        """vLLM gave MM_HASH a place in the encoder cache: the worker fills it (if it arrived)."""
+        """vLLM gave MM_HASH a place in the encoder cache: the ranks move it in (if it arrived)."""
         self.resident.add(mm_hash)
         e = self.expected.get(mm_hash)
         if e is None:
             return
         if e.state is Arrival.READY:
             del self.expected[mm_hash]
-            self.loads.append(Load(mm_hash, e.tid, e.incarnation, request_id, tokens, e.final))
+            self.loads.append(Load(mm_hash, e.incarnation, request_id))
         elif e.state is Arrival.UNAVAILABLE:  # the engine encodes it (logged when it gave up)
             del self.expected[mm_hash]
             self.fallbacks += 1
@@ -148,9 +178,6 @@ class Arrivals:
             self.resident.discard(h)
         loads, self.loads = self.loads, []
         return loads
-
-    def load_failed(self, request_ids: list[str]) -> None:
-        self.unavailable_requests.update(request_ids)
 
     def take_unavailable(self) -> set[str]:
         out, self.unavailable_requests = self.unavailable_requests, set()
@@ -170,39 +197,36 @@ class Arrivals:
 
     # -- on the bridge's loop -----------------------------------------------------------------
 
+    def _heard(self, m: Message) -> None:
+        """A rank's answer: it holds all rows of an opening (``staged``), or cannot (``failed``)."""
+        e = self.expected.get(str(m.get("mm_hash")))
+        if e is None or e.incarnation != m.get("incarnation") or e.staged is None \
+                or e.staged.done():
+            return  # an opening given up meanwhile (its ranks are told to drop it)
+        if m.get("op") == "staged":
+            e.staged_on.add(int(m["rank"]))
+            if len(e.staged_on) == self.readers:
+                e.staged.set_result(None)
+        elif m.get("op") == "failed":
+            e.staged.set_exception(RankFailed(f"rank {m.get('rank')} could not take it in: "
+                                              f"{m.get('reason')}"))
+
     async def _arrive(self, e: Expected) -> None:
-        client = self.bridge.client
         secret = transfer_secret(self.config.secret, e.tid)
         try:
             await self._open(e, secret)
-            statuses = client.watch(e.tid, secret=secret, incarnation=e.incarnation)
-            attached = False
-            try:
-                while True:
-                    # The wait for a sender is bounded here; once one is attached, the transfer's
-                    # own stall timeout bounds the rest.
-                    left = e.asked_at + self.config.sender_wait_s - time.monotonic()
-                    nxt = statuses.__anext__()
-                    st = await (nxt if attached else asyncio.wait_for(nxt, max(left, 0.0)))
-                    if st.state == pb.TRANSFER_STATE_FAILED:
-                        raise TransferFailed(e.tid, st.failure_reason, st)
-                    attached = st.total_tokens > 0
-                    if _arrived(st):
-                        # Refuse now what the request cannot take, while it can still be encoded.
-                        check_header(Header.decode(st.metadata), e.tokens, self.dtype)
-                        if st.state == pb.TRANSFER_STATE_SUCCESS:
-                            e.final = st
-                        e.state = Arrival.READY
-                        return
-            finally:
-                await statuses.aclose()
+            e.staged = asyncio.get_running_loop().create_future()
+            await self.ranks.send({"op": "stage", "mm_hash": e.mm_hash, "tid": e.tid,
+                                   "incarnation": e.incarnation, "tokens": e.tokens})
+            await self._until_staged(e, secret)
+            e.state = Arrival.READY
         except StopAsyncIteration:
             await self._unavailable(e, "the server ended the Watch before the rows arrived "
                                        "(is it stopping?)")
         except asyncio.TimeoutError:
             await self._unavailable(e, f"no encoder sent it within kvferry_sender_wait_s="
                                        f"{self.config.sender_wait_s:g}s")
-        except HeaderError as ex:
+        except (HeaderError, RankFailed) as ex:
             await self._unavailable(e, str(ex))
         except (KvferryError, grpc.RpcError, OSError) as ex:
             why = ex.reason if isinstance(ex, TransferFailed) else _describe(ex)
@@ -211,6 +235,55 @@ class Arrivals:
             # Its requests ended while it was on its way: give back what was opened.
             await self._give_back(e, "no request waits for this embedding any more")
             raise
+
+    async def _until_staged(self, e: Expected, secret: str | None) -> None:
+        """Watch E until every rank holds it. The wait for a sender is bounded here; once one
+        is attached, the transfer's own timeouts bound the rest (a rank taking it in learns of
+        a failure as this Watch does). A Watch that ends after the last rows arrived leaves the
+        ranks a call's deadline to say they hold them."""
+        staged = e.staged
+        assert staged is not None
+        statuses = self.bridge.client.watch(e.tid, secret=secret, incarnation=e.incarnation)
+        nxt: asyncio.Future[pb.TransferStatus] | None = None
+        attached = arrived = False
+        try:
+            while not staged.done():
+                left = e.asked_at + self.config.sender_wait_s - time.monotonic()
+                nxt = asyncio.ensure_future(statuses.__anext__())
+                either: set[asyncio.Future[Any]] = {nxt, staged}
+                done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED,
+                                             timeout=None if attached else max(left, 0.0))
+                if not done:
+                    raise asyncio.TimeoutError
+                if nxt not in done:
+                    break  # every rank answered
+                try:
+                    st = nxt.result()
+                except StopAsyncIteration:
+                    if not arrived:
+                        raise
+                    await self._last_answers(staged)
+                    break
+                if st.state == pb.TRANSFER_STATE_FAILED:
+                    raise TransferFailed(e.tid, st.failure_reason, st)
+                if st.total_tokens and not attached:
+                    # Refuse now what the request cannot take, while it can still be encoded.
+                    check_header(Header.decode(st.metadata), e.tokens, self.dtype)
+                    attached = True
+                arrived = st.state == pb.TRANSFER_STATE_SUCCESS
+            staged.result()  # a rank that failed raises here
+        finally:
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+                await asyncio.wait({nxt})  # the stream must be still before it is closed
+            await statuses.aclose()
+
+    async def _last_answers(self, staged: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(staged), self.config.call_timeout_s)
+        except asyncio.TimeoutError:
+            raise RankFailed(f"all rows arrived, but not every rank said it holds them within "
+                             f"kvferry_call_timeout_s={self.config.call_timeout_s:g}s") from None
 
     async def _open(self, e: Expected, secret: str | None) -> None:
         """Open E's transfer. Cancelled meanwhile (its request ended), this still learns which
@@ -236,15 +309,19 @@ class Arrivals:
         await asyncio.shield(self._give_back(e, reason))
 
     async def _give_back(self, e: Expected, reason: str) -> None:
-        """Abort and release the opening E made; one that was never opened needs nothing."""
+        """Abort and release the opening E made, and let the ranks drop what they staged of it;
+        one that was never opened needs nothing."""
         if not e.incarnation:
             return
+        with contextlib.suppress(zmq.ZMQError):  # a channel closing with the engine
+            await self.ranks.send({"op": "drop", "mm_hash": e.mm_hash,
+                                   "incarnation": e.incarnation})
         client = self.bridge.client
         secret = transfer_secret(self.config.secret, e.tid)
         with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
             await asyncio.wait_for(client.abort(e.tid, reason, secret=secret,
                                                 incarnation=e.incarnation), 5)
-        for reader in range(self.readers):  # no rank took it: released for each
+        for reader in range(self.readers):  # a rank that took it released already: a no-op
             with contextlib.suppress(KvferryError, grpc.RpcError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(client.release(e.tid, secret=secret, reader=reader,
                                                       incarnation=e.incarnation), 5)
@@ -264,14 +341,7 @@ class Arrivals:
                 for e in ready]
         concurrent.futures.wait(gone, timeout=10)
         self.bridge.close()
-
-
-def _arrived(st: pb.TransferStatus) -> bool:
-    """All rows in the pool, or a full first window of a longer embedding (the worker streams
-    the rest)."""
-    if not st.total_tokens or not st.window_filled_tokens:
-        return False
-    return st.state == pb.TRANSFER_STATE_SUCCESS or st.window_filled_tokens == st.window_tokens
+        self.ranks.close()
 
 
 def _describe(e: BaseException) -> str:
@@ -281,86 +351,129 @@ def _describe(e: BaseException) -> str:
 
 
 class Loader:
-    """Worker side: receive ready embeddings into the encoder cache."""
+    """Worker side: stage what the scheduler names, then move it into the encoder cache."""
 
     def __init__(self, config: ConnectorConfig, device: torch.device,
-                 model: tuple[int, torch.dtype] | None, reader: int = 0) -> None:
+                 model: tuple[int, torch.dtype] | None, reader: int = 0, engine: str = "") -> None:
         """MODEL: this model's hidden size and dtype, when the engine has one (an embedding of
-        another dtype is refused; a placeholder for a broken-off one takes that shape).
-        READER: this worker's tensor-parallel rank: it reads, resumes and releases as that one
-        of the transfer's readers."""
+        another dtype is refused). READER: this worker's tensor-parallel rank: it reads,
+        resumes and releases as that one of the transfer's readers. ENGINE: what names the
+        channel to this engine's scheduler (``ranks.engine_name``)."""
         self.config = config
         self.device = device
         self.model = model
         self.reader = reader
         self.bridge = Bridge(config, "kvferry-vllm-worker")
         self.loaded = 0
+        # Touched on the bridge's loop only, except that load() pops what a staged answer
+        # announced: the entry is in place before the answer goes.
+        self.staged: dict[str, tuple[int, torch.Tensor]] = {}
+        self._staging: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._pool: Any = None  # ShmPool or MappedPool; False: cannot be mapped here
+
+        async def connect() -> Channel:
+            return rank_channel(engine, reader)
+
+        self.scheduler = self.bridge.run(connect())
+        self.bridge.submit(self.scheduler.serve(self._heard))
         self.bridge.submit(self._map_early())
 
-    def load(self, loads: list[Load], encoder_cache: dict[str, torch.Tensor]) -> list[str]:
-        """Fill ENCODER_CACHE with LOADS; the request ids whose embedding could not be taken in
-        (their entry holds zeros so that the step runs; the scheduler fails those requests
-        before their next step)."""
-        failed: list[str] = []
+    def load(self, loads: list[Load], encoder_cache: dict[str, torch.Tensor]) -> None:
+        """Move LOADS, staged here before the scheduler let their requests run, into
+        ENCODER_CACHE."""
         for load in loads:
+            entry = self.staged.pop(load.mm_hash, None)
             if load.mm_hash in encoder_cache:  # encoded here meanwhile: the rows are not needed
-                self.bridge.submit(self._drop(load, "the embedding was already in the cache"))
                 continue
-            try:
-                taken = self._from_mapped_pool(load) if load.final is not None else None
-                if taken is None:
-                    taken = self.bridge.run(self._receive(load))
-                encoder_cache[load.mm_hash] = taken
-                self.loaded += 1
-            except (KvferryError, HeaderError, grpc.RpcError, OSError) as e:
-                why = e.reason if isinstance(e, TransferFailed) else str(e)
-                log.error("kvferry: the embedding of %s (transfer %s) broke off while it was being "
-                          "taken in: %s; request %s fails", load.mm_hash, load.tid, why,
-                          load.request_id)
-                width, dtype = self.model or (1, torch.float32)
-                encoder_cache[load.mm_hash] = torch.zeros((load.tokens, width), dtype=dtype,
-                                                          device=self.device)
-                failed.append(load.request_id)
-        return failed
+            if entry is None or entry[0] != load.incarnation:
+                # The scheduler lets a request run only once this rank said it holds all of
+                # it, and nothing drops it after that: computing on anything else would be a
+                # wrong answer, so this stops the step instead.
+                raise RuntimeError(f"kvferry: the embedding of {load.mm_hash} (opening "
+                                   f"{load.incarnation}) was scheduled but is not staged on "
+                                   f"rank {self.reader}: a bug in kvferry's connector, please "
+                                   f"report it")
+            encoder_cache[load.mm_hash] = entry[1]
+            self.loaded += 1
 
-    def _from_mapped_pool(self, load: Load) -> torch.Tensor | None:
-        """All rows of a finished transfer, copied straight out of the server's pool mapped into
-        this process (shared memory or CUDA IPC, same host); None where it cannot be mapped."""
-        st = load.final
-        assert st is not None
-        pool = self._mapped()
-        if pool is None:
-            return None
-        header = Header.decode(st.metadata)
-        self.check(header, load)
-        out = torch.empty((header.tokens, header.width), dtype=header.torch_dtype,
-                          device=self.device)
-        flat = out.view(torch.uint8).view(header.tokens, header.row_bytes)
-        at = 0
-        for view in pool.window(st):
-            part = torch.from_numpy(view) if isinstance(view, np.ndarray) else view
-            flat[at:at + len(part)].copy_(part)
-            at += len(part)
-        # The window is the receiver's until the Release, but a transfer failed meanwhile (its
-        # lease ran out) gives its blocks back, and then the copy may hold another's rows. A
-        # shared-memory pool says so itself; where the mapping cannot tell, the server is asked.
-        intact = pool.still_window(st)
-        if intact is None:
-            if out.is_cuda:
-                torch.cuda.synchronize(out.device)
-            now = self.bridge.run(self.bridge.client.poll(
-                load.tid, incarnation=load.incarnation,
-                secret=transfer_secret(self.config.secret, load.tid)))
-            intact = now.state == pb.TRANSFER_STATE_SUCCESS and now.window_epoch == st.window_epoch
-        if at != header.tokens or not intact:
-            raise TransferFailed(load.tid, "the window was given back while it was being copied")
-        self.bridge.submit(self._release(load))  # nothing needs to wait for it
+    # -- on the bridge's loop -----------------------------------------------------------------
+
+    def _heard(self, m: Message) -> None:
+        h, incarnation = str(m.get("mm_hash")), int(m.get("incarnation", 0))
+        if m.get("op") == "stage":
+            task = asyncio.ensure_future(self._stage(h, str(m["tid"]), incarnation,
+                                                     int(m["tokens"])))
+            self._staging[h] = (incarnation, task)
+        elif m.get("op") == "drop":
+            going = self._staging.get(h)
+            if going is not None and going[0] == incarnation:
+                going[1].cancel()  # receive() gives the transfer up as it unwinds
+            held = self.staged.get(h)
+            if held is not None and held[0] == incarnation:
+                del self.staged[h]
+
+    async def _stage(self, h: str, tid: str, incarnation: int, tokens: int) -> None:
+        answer: Message = {"mm_hash": h, "incarnation": incarnation, "rank": self.reader}
+        try:
+            self.staged[h] = (incarnation, await self._take(tid, incarnation, tokens))
+            answer["op"] = "staged"
+        except (KvferryError, HeaderError, grpc.RpcError, OSError) as e:
+            why = e.reason if isinstance(e, TransferFailed) else str(e)
+            log.warning("kvferry: rank %d could not take in the embedding of %s (transfer %s): "
+                        "%s", self.reader, h, tid, why)
+            answer.update(op="failed", reason=why)
+        except Exception as e:  # a device out of memory, say: the scheduler must hear it all the same
+            log.exception("kvferry: rank %d could not take in the embedding of %s (transfer %s)",
+                          self.reader, h, tid)
+            answer.update(op="failed", reason=f"{type(e).__name__}: {e}")
+        finally:
+            if self._staging.get(h, (0,))[0] == incarnation:
+                del self._staging[h]
+        await self.scheduler.send(answer)
+
+    async def _take(self, tid: str, incarnation: int, tokens: int) -> torch.Tensor:
+        """Every window of TID into one tensor on this worker's device, as this rank's reader:
+        copied out of the pool mapped here where it can be (shared memory; a GPU pool through
+        CUDA IPC), else read with Read."""
+        client = self.bridge.client
+        gpu = await self._gpu_pool()
+        out: torch.Tensor | None = None
+        header: Header | None = None
+        async for w in client.receive(tid, self.config.window_tokens, open=False, views=True,
+                                      read=gpu is None, incarnation=incarnation,
+                                      reader=self.reader,
+                                      secret=transfer_secret(self.config.secret, tid)):
+            if header is None:
+                header = Header.decode(w.metadata)
+                check_header(header, tokens, self.model[1] if self.model else None)
+                out = torch.empty((header.tokens, header.width), dtype=header.torch_dtype,
+                                  device=self.device)
+            assert out is not None
+            flat = out.view(torch.uint8).view(header.tokens, header.row_bytes)
+            at, n = w.start_token, w.num_tokens
+            if gpu is not None:
+                flat[at:at + n].copy_(gpu.window_tensor(w.status))
+                # The copy must have landed before the window is resumed and given back.
+                torch.cuda.synchronize(gpu.tensor.device)
+            else:
+                with warnings.catch_warnings():  # a read-only window, copied at once
+                    warnings.simplefilter("ignore", UserWarning)
+                    rows = torch.from_numpy(np.frombuffer(w.data, dtype=np.uint8))
+                flat[at:at + n].copy_(rows.view(n, header.row_bytes))
+        if out is None:
+            raise TransferFailed(tid, "the transfer ended with no window")
         return out
 
+    async def _gpu_pool(self) -> Any:
+        """The server's GPU pool mapped here through CUDA IPC, or None (a CPU pool is read
+        through ``receive``'s own shared-memory link; another host's with Read)."""
+        if self._pool is None:
+            await self._map_early()
+        return self._pool if self._pool and hasattr(self._pool, "window_tensor") else None
+
     async def _map_early(self) -> None:
-        """Map the pool before the first load needs it (quietly: the server may not be up, and
-        then the first load tries again)."""
+        """Map the pool before the first embedding needs it (quietly: the server may not be
+        up, and then the first one tries again)."""
         try:
             self._pool = await self.bridge.client.map_pool()
         except TransportUnavailable:
@@ -368,54 +481,6 @@ class Loader:
         except (KvferryError, grpc.RpcError, OSError):
             pass
 
-    def _mapped(self) -> Any:
-        """The server's pool mapped here (kept), or None when it cannot be from this process."""
-        if self._pool is None:
-            try:
-                self._pool = self.bridge.run(self.bridge.client.map_pool())
-            except TransportUnavailable:
-                self._pool = False
-        return self._pool or None
-
-    def check(self, header: Header, load: Load) -> None:
-        check_header(header, load.tokens, self.model[1] if self.model else None)
-
-    async def _receive(self, load: Load) -> torch.Tensor:
-        client = self.bridge.client
-        out: torch.Tensor | None = None
-        header: Header | None = None
-        async for w in client.receive(load.tid, self.config.window_tokens, open=False,
-                                      views=True, incarnation=load.incarnation, reader=self.reader,
-                                      secret=transfer_secret(self.config.secret, load.tid)):
-            if header is None:
-                header = Header.decode(w.metadata)
-                self.check(header, load)
-                out = torch.empty((header.tokens, header.width), dtype=header.torch_dtype,
-                                  device=self.device)
-            assert out is not None
-            with warnings.catch_warnings():  # a read-only window, copied at once
-                warnings.simplefilter("ignore", UserWarning)
-                rows = torch.from_numpy(np.frombuffer(w.data, dtype=np.uint8))
-            out[w.start_token:w.start_token + w.num_tokens].copy_(
-                rows.view(header.torch_dtype).view(w.num_tokens, header.width))
-        if out is None:
-            raise TransferFailed(load.tid, "the transfer ended with no window")
-        return out
-
-    async def _release(self, load: Load) -> None:
-        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
-            await self.bridge.client.release(load.tid, incarnation=load.incarnation,
-                                             reader=self.reader,
-                                             secret=transfer_secret(self.config.secret, load.tid))
-
-    async def _drop(self, load: Load, reason: str) -> None:
-        client = self.bridge.client
-        secret = transfer_secret(self.config.secret, load.tid)
-        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
-            await client.abort(load.tid, reason, secret=secret, incarnation=load.incarnation)
-        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
-            await client.release(load.tid, secret=secret, incarnation=load.incarnation,
-                                 reader=self.reader)
-
     def close(self) -> None:
         self.bridge.close()
+        self.scheduler.close()

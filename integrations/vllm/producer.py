@@ -1,9 +1,17 @@
-"""Encoder side (``ec_producer``), in the worker: send each new embedding through kvferry.
+"""Encoder side (``ec_producer``): send each embedding to the kvferry server of the language
+instance that serves its request.
 
-``save_caches`` returns at once; the send runs on the bridge's loop and waits there for the
-language engine's Open (up to the server's --bootstrap-timeout). The send holds its own reference
-to the encoder output, so the rows stay valid until it is done even after vLLM evicts the entry
-from its encoder cache. A content hash is sent once: while its send is in flight or after it
+Scheduler (``Routes``): a request names its language instance's kvferry server in
+``ec_transfer_params`` (``{"kvferry_target": "host:port"}``, put there by the proxy; none: the
+connector's own ``kvferry_target``). Each step hands the worker the (image, server) pairs of the
+requests it considers: vLLM's worker sees embeddings, not requests.
+
+Worker (``Producer``): ``save`` returns at once; the send runs on the bridge's loop and waits
+there for the language engine's Open (up to the server's --bootstrap-timeout). The send holds its
+own reference to the encoder output, so the rows stay valid until it is done even after vLLM
+evicts the entry from its encoder cache. An image this encoder already holds (encoded for an
+earlier request, which another instance served) is sent from its cache, without encoding it
+again. Each (server, content hash) is sent once: while its send is in flight or after it
 succeeded, a repeat is skipped (counted); after a failed send, a later save tries again.
 """
 
@@ -15,6 +23,7 @@ import logging
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -37,19 +46,88 @@ class ProducerCounts:
     refused_full: int = 0
 
 
+TARGET_KEY = "kvferry_target"  # in a request's ec_transfer_params
+
+
+class Routes:
+    """Scheduler side: which kvferry server each image of the requests considered goes to."""
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        self.config = config
+        self.pending: list[tuple[str, str]] = []
+        self._refused: set[str] = set()
+
+    def target_of(self, params: dict[str, Any] | None) -> str | None:
+        """The kvferry server a request's images go to; None for one this encoder refuses."""
+        named = (params or {}).get(TARGET_KEY)
+        target = self.config.target if named is None else str(named)
+        return target if self.config.allows(target) else None
+
+    def ensure(self, params: dict[str, Any] | None, mm_hashes: list[str]) -> None:
+        target = self.target_of(params)
+        if target is None:
+            refused = str((params or {}).get(TARGET_KEY))
+            if refused not in self._refused:  # said once per server: the fix is a setting
+                self._refused.add(refused)
+                log.error("kvferry: a request names the kvferry server %r, which is not this "
+                          "encoder's kvferry_target or one of its kvferry_targets: its images are "
+                          "not sent there (add it to kvferry_targets if it is yours)", refused)
+        # "": known, and sent nowhere (not to the default server either).
+        self.pending += [(h, target or "") for h in mm_hashes]
+
+    def take(self) -> list[tuple[str, str]]:
+        out, self.pending = self.pending, []
+        return out
+
+    def published(self, params: dict[str, Any] | None,
+                  items: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """What the encoder's answer carries in ``ec_transfer_params``, per content hash: vLLM's
+        own entry (``item_indices``, placeholder ``metadata``), and where kvferry sends it."""
+        target = self.target_of(params)
+        if target is None:
+            return items
+        prefix = self.config.transfer_id_prefix
+        return {h: {**entry, TARGET_KEY: target, "kvferry_transfer_id": transfer_id(prefix, h)}
+                for h, entry in items.items()}
+
+
 class Producer:
     def __init__(self, config: ConnectorConfig) -> None:
         self.config = config
         self.bridge = Bridge(config, "kvferry-vllm-producer")
-        self.in_flight: dict[str, Future[None]] = {}
-        self.sent: OrderedDict[str, None] = OrderedDict()
+        self.in_flight: dict[tuple[str, str], Future[None]] = {}
+        self.sent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Servers named for images not encoded yet: their save_caches sends there.
+        self.routes: OrderedDict[str, set[str]] = OrderedDict()
         self.counts = ProducerCounts()
         self._complaints: set[str] = set()
 
-    def save(self, embedding: torch.Tensor, mm_hash: str) -> Future[None] | None:
-        """Start sending MM_HASH's embedding; None when it is not sent (a repeat, or refused)."""
+    def route(self, routes: list[tuple[str, str]], encoder_cache: dict[str, torch.Tensor]) -> None:
+        """This step's (image, server) pairs: an image already in ENCODER_CACHE is sent now (it
+        will not be encoded again); another, once it is."""
+        for h, target in routes:
+            if h not in encoder_cache:
+                self.routes.setdefault(h, set()).add(target)
+                while len(self.routes) > SENT_MEMORY:
+                    self.routes.popitem(last=False)
+            elif target:
+                self.save(encoder_cache[h], h, target)
+
+    def encoded(self, embedding: torch.Tensor, mm_hash: str) -> None:
+        """MM_HASH was just encoded: send it where its requests go (the connector's own
+        ``kvferry_target`` when no route came; "" is a refused server: nowhere)."""
+        targets = self.routes.pop(mm_hash, None)
+        for target in sorted({self.config.target} if targets is None else targets):
+            if target:
+                self.save(embedding, mm_hash, target)
+
+    def save(self, embedding: torch.Tensor, mm_hash: str,
+             target: str | None = None) -> Future[None] | None:
+        """Start sending MM_HASH's embedding to TARGET (the connector's ``kvferry_target`` by
+        default); None when it is not sent (a repeat, or refused)."""
         self._reap()
-        if mm_hash in self.in_flight or mm_hash in self.sent:
+        key = (target or self.config.target, mm_hash)
+        if key in self.in_flight or key in self.sent:
             self.counts.skipped_repeats += 1
             return None
         if len(self.in_flight) >= self.config.max_sends_in_flight:
@@ -71,21 +149,22 @@ class Producer:
         if rows.is_cuda:
             done = torch.cuda.Event()
             done.record()
-        fut = self.bridge.submit(self._send(mm_hash, rows, header, done))
-        self.in_flight[mm_hash] = fut
+        fut = self.bridge.submit(self._send(key, rows, header, done))
+        self.in_flight[key] = fut
         return fut
 
-    async def _send(self, mm_hash: str, rows: torch.Tensor, header: Header,
+    async def _send(self, key: tuple[str, str], rows: torch.Tensor, header: Header,
                     computed: torch.cuda.Event | None) -> None:
+        target, mm_hash = key
         tid = transfer_id(self.config.transfer_id_prefix, mm_hash)
-        client = self.bridge.client
+        client = self.bridge.client_for(target)
         if computed is not None:
             await asyncio.get_running_loop().run_in_executor(None, computed.synchronize)
         try:
             info = await client.pool_info()
             if info.row_bytes != header.row_bytes:
                 raise HeaderError(
-                    f"the kvferry server at {self.config.target} holds rows of {info.row_bytes} "
+                    f"the kvferry server at {target} holds rows of {info.row_bytes} "
                     f"bytes but this model's embeddings are {header.width} x {header.dtype} = "
                     f"{header.row_bytes} bytes per token: start kvferry with --row-bytes "
                     f"{header.row_bytes}")
@@ -109,13 +188,13 @@ class Producer:
                             mm_hash, tid, what)
             raise
         self.counts.sent += 1
-        self.sent[mm_hash] = None
+        self.sent[key] = None
         while len(self.sent) > SENT_MEMORY:
             self.sent.popitem(last=False)
 
     def _reap(self) -> None:
-        for h in [h for h, f in self.in_flight.items() if f.done()]:
-            del self.in_flight[h]
+        for key in [key for key, f in self.in_flight.items() if f.done()]:
+            del self.in_flight[key]
 
     def pending(self) -> int:
         self._reap()

@@ -32,8 +32,9 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     model, extra = sys.argv[1], json.loads(sys.argv[2])
-    llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=256,
-              max_num_seqs=4, limit_mm_per_prompt={"image": 1}, seed=0, **extra)
+    args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 256, "max_num_seqs": 4,
+            "limit_mm_per_prompt": {"image": 1}, "seed": 0, **extra}
+    llm = LLM(model=model, **args)
     print(json.dumps({"event": "ready", "startup_s": time.monotonic() - t0}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)

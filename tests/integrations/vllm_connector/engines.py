@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -66,6 +67,18 @@ class Engine:
         self.proc.stdin.write(json.dumps({"generate": seeds, "max_tokens": max_tokens}) + "\n")
         self.proc.stdin.flush()
         return list(self._next(timeout)["tokens"])
+
+    def cpu_seconds(self) -> float:
+        """CPU time the engine's processes (the agent and all it started) have used so far."""
+        import psutil
+
+        total = 0.0
+        root = psutil.Process(self.proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
 
     def stop(self, timeout: float) -> int:
         if self.proc.stdin is not None and not self.proc.stdin.closed:

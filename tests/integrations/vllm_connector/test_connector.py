@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROW_BYTES, WIDTH
-from ec_harness import SCHEDULER, WORKER, deliver, image_hash, make, request, step
+from ec_harness import SCHEDULER, WORKER, deliver, encode_step, image_hash, make, request, step
+from stalled_sender import StalledSender
 from vllm.config import ParallelConfig
 from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase
 
-from kvferry.client import Client
-from kvferry.integrations.vllm.config import ConfigError
+from kvferry.integrations.vllm.config import ConfigError, ConnectorConfig
+from kvferry.integrations.vllm.consumer import Arrivals, Loader
+from kvferry.integrations.vllm.producer import Producer
 from kvferry.testing.fault_proxy import FaultProxy
 
 from support.kvserver import ServerProcess, start_server, wait_until
@@ -26,9 +29,11 @@ from support.kvserver import ServerProcess, start_server, wait_until
 def pair(ec_server: ServerProcess, tiny_model: Path) -> Iterator[tuple[ECConnectorBase, ECConnectorBase,
                                                       ECConnectorBase]]:
     """The encoder's worker, and the language engine's scheduler and worker connectors."""
+    engine = uuid.uuid4().hex
     parts = (make(WORKER, "ec_producer", tiny_model, ec_server.target),
-             make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, kvferry_sender_wait_s=30),
-             make(WORKER, "ec_consumer", tiny_model, ec_server.target))
+             make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, engine=engine,
+                  kvferry_sender_wait_s=30),
+             make(WORKER, "ec_consumer", tiny_model, ec_server.target, engine=engine))
     yield parts
     for p in parts:
         p.shutdown()
@@ -52,20 +57,20 @@ def test_windowed_embedding_arrives_in_the_encoder_cache(ec_server: ServerProces
     ec_server.assert_pool_free()
 
 
-def test_an_embedding_in_one_window_is_copied_out_of_the_mapped_pool(ec_server: ServerProcess,
-                                                                      pair) -> None:  # type: ignore[no-untyped-def]
+def test_an_embedding_in_one_window_is_staged_out_of_the_mapped_pool(ec_server: ServerProcess,
+                                                                     pair) -> None:  # type: ignore[no-untyped-def]
     producer, scheduler, worker = pair
     h, emb = image_hash(8), embedding(16, seed=8)  # fits the 16-token window
     producer.save_caches({h: emb}, h)
     cache, _ = deliver(scheduler, worker, request("one", h, 16))
     assert torch.equal(cache[h], emb)
-    ec_server.assert_pool_free()  # released by the worker, in the background
-    # No Read and no second Watch: the worker took the rows from shared memory, on the status
-    # the scheduler had already seen.
+    ec_server.assert_pool_free()  # released by the rank once it held the rows
+    # No Read: the rank copied the rows out of shared memory. Two Watches: the scheduler's, and
+    # the rank's as the transfer's reader.
     def calls(method: str, kind: str) -> float:
         return ec_server.metric("grpc_server_started_total", f'grpc_method="{method}",grpc_service='
                                 f'"kvferry.v1.TransferService",grpc_type="{kind}"')
-    assert calls("Read", "server_stream") == 0 and calls("Watch", "server_stream") == 1
+    assert calls("Read", "server_stream") == 0 and calls("Watch", "server_stream") == 2
 
 
 def test_a_repeated_image_is_sent_once(ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
@@ -179,23 +184,64 @@ def test_a_request_that_ends_while_waiting_leaves_nothing_held(ec_server: Server
         scheduler.shutdown()
 
 
-def test_server_killed_mid_transfer_fails_the_request_without_a_hang(ec_server: ServerProcess,
-                                                                      pair) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("on_failure", ["fail", "encode"])
+def test_a_transfer_broken_off_mid_way_never_lets_its_request_run(
+        ec_server: ServerProcess, tiny_model: Path, on_failure: str) -> None:
+    """The rank has taken the first window in (and resumed it) when the sender stops mid-way:
+    the request is held back throughout, and when the transfer fails it is failed (or encoded
+    locally) without ever being scheduled on the rows that came; the rank lets them go."""
+    engine = uuid.uuid4().hex
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, engine=engine,
+                     kvferry_sender_wait_s=30, kvferry_on_failure=on_failure)
+    worker = make(WORKER, "ec_consumer", tiny_model, ec_server.target, engine=engine)
+    h = image_hash(6)
+    req = request("doomed", h, 100)
+    try:
+        assert not scheduler.ensure_cache_available(req, 0)
+        wait_until(lambda: ec_server.pool_info().transfers == 1, "the Open")
+        sender = StalledSender(ec_server.target, f"ec-{h}", embedding(100, seed=6), rows=40)
+        # Two windows of 16 taken in and resumed on the rank; the third waits for rows.
+        assert ec_server.wait_metric("kvferry_resumes_total", "", 2) == 2
+        assert not scheduler.ensure_cache_available(req, 0) and not scheduler.has_cache_item(h)
+        sender.cut()  # the sender's stream ends 40 rows in: failed after the reconnect grace
+
+        def decided() -> bool:
+            ready = scheduler.ensure_cache_available(req, 0)
+            assert not scheduler.has_cache_item(h)  # never: the rows did not all arrive
+            return ready or "doomed" in scheduler.arrivals.unavailable_requests
+        wait_until(decided, "the request given up on")
+        if on_failure == "fail":
+            assert scheduler.take_unavailable_requests() == {"doomed"}
+        else:  # vLLM encodes it itself
+            assert scheduler.ensure_cache_available(req, 0)
+        assert "40 of 100 tokens delivered" in scheduler.arrivals.expected[h].reason
+        wait_until(lambda: not worker.loader._staging and not worker.loader.staged,
+                   "the rank letting go of what it took in")
+        ec_server.assert_pool_free()
+    finally:
+        scheduler.shutdown()
+        worker.shutdown()
+
+
+def test_server_killed_while_ranks_stage_fails_the_request_without_a_hang(
+        ec_server: ServerProcess, pair) -> None:  # type: ignore[no-untyped-def]
     producer, scheduler, worker = pair
     h = image_hash(6)
     producer.save_caches({h: embedding(100, seed=6)}, h)
     req = request("doomed", h, 100)
-    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the first window")
-    scheduler.update_state_after_alloc(req, 0)
-    ec_server.stop(signal.SIGKILL)  # after the first window, before the rest
-    cache: dict[str, torch.Tensor] = {}
-    out = step(scheduler, worker, cache)
-    assert cache[h].shape == (100, WIDTH)  # the step can run: the request is failed instead
-    assert out.ec_connector_worker_meta.failed_requests == ["doomed"]  # type: ignore[union-attr]
-    assert scheduler.take_unavailable_requests() == {"doomed"}
+    assert not scheduler.ensure_cache_available(req, 0)
+    wait_until(lambda: ec_server.metric("kvferry_tokens_received_total") >= 16, "the first rows")
+    ec_server.stop(signal.SIGKILL)
+    # Whether or not every row was staged by then, the request runs only on all of them: it is
+    # either staged whole, or encoded locally.
+    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the request decided")
+    if scheduler.has_cache_item(h):
+        scheduler.update_state_after_alloc(req, 0)
+        cache: dict[str, torch.Tensor] = {}
+        step(scheduler, worker, cache)
+        assert torch.equal(cache[h], embedding(100, seed=6))
     # The encoder's send ends too (it does not wait for a server that is gone).
     wait_until(lambda: producer.producer.pending() == 0, "the producer's send ending")
-    assert producer.producer.counts.failed == 1
     # A request that was still waiting gives up and encodes locally.
     waiting = request("after", image_hash(7), 10)
     wait_until(lambda: scheduler.ensure_cache_available(waiting, 0), "giving up on a dead server")
@@ -210,11 +256,12 @@ def test_only_engines_holding_the_shared_secret_move_embeddings(tiny_model: Path
     srv = start_server(num_blocks=8, block_tokens=8, row_bytes=ROW_BYTES, default_window_tokens=16,
                        auth_token_file=tmp_path / "token", require_transfer_secrets=True)
     auth = {"kvferry_token_file": str(tmp_path / "token")}
+    engine = uuid.uuid4().hex
     parts = [make(WORKER, "ec_producer", tiny_model, srv.target, **auth,
                   kvferry_secret_file=str(tmp_path / "secret")),
-             make(SCHEDULER, "ec_consumer", tiny_model, srv.target, **auth,
+             make(SCHEDULER, "ec_consumer", tiny_model, srv.target, engine=engine, **auth,
                   kvferry_secret_file=str(tmp_path / "secret")),
-             make(WORKER, "ec_consumer", tiny_model, srv.target, **auth,
+             make(WORKER, "ec_consumer", tiny_model, srv.target, engine=engine, **auth,
                   kvferry_secret_file=str(tmp_path / "secret")),
              make(SCHEDULER, "ec_consumer", tiny_model, srv.target, **auth,
                   kvferry_secret_file=str(tmp_path / "other"), kvferry_sender_wait_s=30)]
@@ -254,22 +301,27 @@ def test_an_embedding_the_request_cannot_take_is_refused_before_scheduling(
 
 
 def test_an_encoder_that_shuts_down_mid_transfer_says_so(ec_server: ServerProcess,
-                                                         pair) -> None:  # type: ignore[no-untyped-def]
-    producer, scheduler, worker = pair
-    h = image_hash(11)
-    producer.save_caches({h: embedding(100, seed=11)}, h)  # 7 windows: it waits after the first
-    req = request("orphan", h, 100)
-    wait_until(lambda: scheduler.ensure_cache_available(req, 0), "the first window")
-    scheduler.update_state_after_alloc(req, 0)
-    producer.shutdown()
-    cache: dict[str, torch.Tensor] = {}
-    out = step(scheduler, worker, cache)
-    assert out.ec_connector_worker_meta.failed_requests == ["orphan"]  # type: ignore[union-attr]
-    assert scheduler.take_unavailable_requests() == {"orphan"}
-    with Client(ec_server.target) as c:
-        reasons = [f.status.failure_reason for f in c.stats().recent_failures]
-    assert any("encoder engine shut down" in r for r in reasons), reasons
-    ec_server.assert_pool_free()
+                                                         tiny_model: Path) -> None:
+    engine = uuid.uuid4().hex
+    producer = make(WORKER, "ec_producer", tiny_model, ec_server.target)
+    scheduler = make(SCHEDULER, "ec_consumer", tiny_model, ec_server.target, engine=engine,
+                     kvferry_sender_wait_s=30, kvferry_on_failure="fail")
+    try:
+        h = image_hash(11)
+        producer.save_caches({h: embedding(100, seed=11)}, h)  # 7 windows
+        req = request("orphan", h, 100)
+        assert not scheduler.ensure_cache_available(req, 0)
+        # No rank of this engine is up yet: the first window fills and the sender waits.
+        wait_until(lambda: ec_server.metric("kvferry_tokens_received_total") >= 16,
+                   "the first window")
+        producer.shutdown()
+        # Held back (never scheduled), then failed by vLLM's scheduler at the end of a step.
+        wait_until(lambda: not scheduler.ensure_cache_available(req, 0)
+                   and scheduler.take_unavailable_requests() == {"orphan"}, "the failure")
+        assert "encoder engine shut down" in scheduler.arrivals.expected[h].reason
+        ec_server.assert_pool_free()
+    finally:
+        scheduler.shutdown()
 
 
 @pytest.mark.parametrize(("extra", "says"), [
@@ -300,3 +352,93 @@ def test_a_tensor_parallel_consumer_opens_each_transfer_for_every_rank(tiny_mode
         assert c.arrivals is not None and c.arrivals.readers == 2
     finally:
         c.shutdown()
+
+
+def test_each_image_goes_to_the_kvferry_server_its_request_names(ec_server: ServerProcess,
+                                                                 tiny_model: Path) -> None:
+    """One encoder, two language instances each beside its own kvferry server: a request's
+    ec_transfer_params name the server its image goes to. An image the encoder holds already
+    (encoded for the first instance) reaches the second from the encoder's cache, without being
+    encoded again; a server the encoder was not given is refused."""
+    other = start_server(num_blocks=8, block_tokens=8, row_bytes=ROW_BYTES,
+                         default_window_tokens=16)
+    engines = [uuid.uuid4().hex, uuid.uuid4().hex]
+    parts = [make(SCHEDULER, "ec_producer", tiny_model, ec_server.target,
+                  kvferry_targets=other.target),
+             make(WORKER, "ec_producer", tiny_model, ec_server.target)]
+    for srv, engine in zip((ec_server, other), engines, strict=True):
+        parts += [make(SCHEDULER, "ec_consumer", tiny_model, srv.target, engine=engine,
+                       kvferry_sender_wait_s=30),
+                  make(WORKER, "ec_consumer", tiny_model, srv.target, engine=engine)]
+    enc_sched, enc_worker, first_sched, first_worker, second_sched, second_worker = parts
+    try:
+        h, emb = image_hash(20), embedding(20, seed=20)
+        encoded: dict[str, torch.Tensor] = {}
+        to_first = {"kvferry_target": ec_server.target}
+        e1 = request("e1", h, 20, ec_transfer_params=to_first)
+        encode_step(enc_sched, enc_worker, e1, encoded, emb)
+        # The encoder's answer says where each image went, beside vLLM's own entry (BLIP-2
+        # declares no placeholder fields: its metadata is empty).
+        assert enc_sched.request_finished(e1) == (False, {h: {
+            "item_indices": [0], "metadata": {}, "kvferry_target": ec_server.target,
+            "kvferry_transfer_id": f"ec-{h}"}})
+        cache, _ = deliver(first_sched, first_worker, request("l1", h, 20))
+        assert torch.equal(cache[h], emb)
+        # The same image, for the other instance: the encoder has it cached (no save_caches).
+        to_second = {"kvferry_target": other.target}
+        encode_step(enc_sched, enc_worker, request("e2", h, 20, ec_transfer_params=to_second),
+                    encoded, torch.zeros_like(emb))  # would be a wrong answer, if encoded
+        cache, _ = deliver(second_sched, second_worker, request("l2", h, 20))
+        assert torch.equal(cache[h], emb)
+        assert enc_worker.producer.counts.sent == 2
+        for srv in (ec_server, other):
+            srv.assert_pool_free()
+            assert srv.metric("kvferry_transfers_finished_total", 'outcome="success"') == 1
+        # A server outside kvferry_target and kvferry_targets: nothing is sent there.
+        stranger = {"kvferry_target": "elsewhere:1"}
+        encode_step(enc_sched, enc_worker, request("e3", image_hash(21), 8,
+                                                   ec_transfer_params=stranger),
+                    encoded, embedding(8, seed=21))
+        assert enc_worker.producer.pending() == 0 and enc_worker.producer.counts.sent == 2
+    finally:
+        for p in parts:
+            p.shutdown()
+        other.stop()
+
+
+def test_staging_waits_for_room_beside_the_encoder_cache(ec_server: ServerProcess) -> None:
+    """Each rank stages at most budget_rows at once (the engine's encoder cache size): a
+    request whose image does not fit beside those staged waits, opening nothing, until one is
+    taken into the encoder cache; an image larger than the budget is staged alone."""
+    engine = uuid.uuid4().hex
+    config = ConnectorConfig(target=ec_server.target, sender_wait_s=30)
+    producer = Producer(config)
+    arrivals = Arrivals(config, torch.float32, engine=engine, budget_rows=30)
+    loader = Loader(config, torch.device("cpu"), (WIDTH, torch.float32), engine=engine)
+    try:
+        images = {image_hash(30 + i): embedding(rows, seed=30 + i)
+                  for i, rows in enumerate((20, 20, 40))}
+        for h, emb in images.items():
+            producer.save(emb, h)
+        first, second, large = images
+
+        def take(request_id: str, h: str) -> None:
+            arrivals.allocated(request_id, h, len(images[h]))
+            cache: dict[str, torch.Tensor] = {}
+            loader.load(arrivals.take_loads([]), cache)
+            assert torch.equal(cache[h], images[h])
+
+        wait_until(lambda: arrivals.ensure("r1", [(first, 20)]), "the first staged")
+        assert not arrivals.ensure("r2", [(second, 20)])
+        assert second not in arrivals.expected  # no room: not even opened
+        take("r1", first)
+        wait_until(lambda: arrivals.ensure("r2", [(second, 20)]), "the second, once there is room")
+        assert not arrivals.ensure("r3", [(large, 40)]) and large not in arrivals.expected
+        take("r2", second)
+        wait_until(lambda: arrivals.ensure("r3", [(large, 40)]), "the large one, alone")
+        take("r3", large)
+        wait_until(lambda: producer.pending() == 0, "the sends ending")
+        ec_server.assert_pool_free()
+    finally:
+        for part in (producer, arrivals, loader):
+            part.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import pytest
 from conftest import ROW_BYTES
 from engines import Engine
 from readme_configs import readme_config
-from tiny_blip2 import NUM_QUERY_TOKENS
+from tiny_blip2 import NUM_QUERY_TOKENS, build
 
 from support.kvserver import start_server
 
 SEEDS = [1, 2, 1]  # two images, the first asked about twice
+IDLE_WINDOW_S = 5.0
 MAX_TOKENS = 6
 
 
@@ -88,6 +90,13 @@ def test_language_engine_answers_as_a_single_engine_does(tiny_model: Path, tmp_p
                           f'grpc_method="Push",{service},grpc_type="client_stream"') == 0
         srv.assert_pool_free()
 
+        # CPU the engines use with nothing to do: a connector must not spin. The window is the
+        # measurement (CPU seconds over wall seconds), not a wait for anything.
+        before = {name: e.cpu_seconds() for name, e in engines.items()}
+        time.sleep(IDLE_WINDOW_S)
+        idle = {name: round(100 * (e.cpu_seconds() - before[name]) / IDLE_WINDOW_S, 1)
+                for name, e in engines.items()}
+
         kv_prod, kv_cons = timings(tmp_path / "kv-producer.jsonl"), timings(tmp_path / "kv-consumer.jsonl")
         f_prod, f_cons = timings(tmp_path / "file-producer.jsonl"), timings(tmp_path / "file-consumer.jsonl")
         images = len(set(SEEDS))
@@ -100,7 +109,8 @@ def test_language_engine_answers_as_a_single_engine_does(tiny_model: Path, tmp_p
                       "producer_save_ms": kv_prod["save"], "consumer_wait_ms": kv_cons["wait"],
                       "consumer_load_ms": kv_cons["load"]}.items()},
                   "files": {k: round(1000 * v / images, 2) for k, v in {
-                      "producer_save_ms": f_prod["save"], "consumer_load_ms": f_cons["load"]}.items()}}
+                      "producer_save_ms": f_prod["save"], "consumer_load_ms": f_cons["load"]}.items()},
+                  "idle_cpu_percent": idle}
         print("vLLM end to end:", json.dumps(report))
         out = os.environ.get("KVFERRY_VLLM_REPORT")
         if out:
@@ -141,6 +151,44 @@ def test_a_tensor_parallel_language_engine_takes_every_window_on_every_rank(
         assert srv.metric("kvferry_transfers_finished_total", 'outcome="success"') == 2
         assert srv.metric("kvferry_resumes_total") == 2
         assert srv.metric("kvferry_resume_duplicates_skipped_total", 'reason="repeat"') == 0
+        srv.assert_pool_free()
+    finally:
+        for e in engines.values():
+            e.stop(60)
+        srv.stop()
+
+
+VIDEO_ROWS = 2048  # an embedding of a video's size: thousands of rows per item
+
+
+@pytest.mark.timeout(1800)
+def test_an_embedding_of_many_windows_streams_through_a_smaller_pool(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A model whose items embed to 2048 rows (a video's size), through a pool of 256 rows in
+    windows of 128: each item goes 16 windows, each taken in and resumed by the language
+    engine's rank before the request runs. The answers equal a single engine's."""
+    model = build(tmp_path_factory.mktemp("tiny-blip2-long"), query_tokens=VIDEO_ROWS)
+    window = 128
+    srv = start_server(num_blocks=16, block_tokens=16, row_bytes=ROW_BYTES,
+                       default_window_tokens=window, bootstrap_timeout=300, stall_timeout=60)
+    long = {"max_model_len": VIDEO_ROWS + 256, "max_num_batched_tokens": VIDEO_ROWS + 256}
+    engines = {"single": Engine("single", model, long, {}),
+               "kv-producer": Engine("kv-producer", model,
+                                     {**long, **kvferry("ec_producer", srv.target)}, {}),
+               "kv-consumer": Engine("kv-consumer", model,
+                                     {**long, **kvferry("ec_consumer", srv.target)}, {})}
+    try:
+        startup = max(e.ready() for e in engines.values())
+        limit = max(60.0, startup)
+        seeds = [1, 2]
+        single = engines["single"].generate(seeds, MAX_TOKENS, limit)
+        assert single[0] != single[1], "the image must decide the answer, or this proves nothing"
+        engines["kv-producer"].generate(seeds, 1, limit)
+        assert engines["kv-consumer"].generate(seeds, MAX_TOKENS, limit) == single
+        windows = VIDEO_ROWS // window
+        assert srv.metric("kvferry_transfers_finished_total", 'outcome="success"') == len(seeds)
+        assert srv.metric("kvferry_tokens_received_total") == len(seeds) * VIDEO_ROWS
+        assert srv.metric("kvferry_resumes_total") == len(seeds) * (windows - 1)
         srv.assert_pool_free()
     finally:
         for e in engines.values():

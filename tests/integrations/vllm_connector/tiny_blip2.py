@@ -16,7 +16,8 @@ WORDS = ["<pad>", "</s>", "<unk>", "<image>", "Question:", "Answer:", "what", "i
          "picture", "a", "cat", "dog", "red", "blue", "?"] + [f"w{i}" for i in range(47)]
 
 
-def build(folder: Path, seed: int = 0) -> Path:
+def build(folder: Path, seed: int = 0, query_tokens: int = NUM_QUERY_TOKENS) -> Path:
+    """QUERY_TOKENS: the embedding rows per image (a video's thousands, when set so)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
@@ -40,7 +41,7 @@ def build(folder: Path, seed: int = 0) -> Path:
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32}, do_resize=True)
     processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer,
-                               num_query_tokens=NUM_QUERY_TOKENS)
+                               num_query_tokens=query_tokens)
     config = Blip2Config(
         vision_config=Blip2VisionConfig(hidden_size=64, intermediate_size=128,
                                         num_hidden_layers=1, num_attention_heads=2,
@@ -52,7 +53,7 @@ def build(folder: Path, seed: int = 0) -> Path:
                               num_hidden_layers=2, num_attention_heads=2,
                               word_embed_proj_dim=HIDDEN, max_position_embeddings=512,
                               pad_token_id=0, bos_token_id=1, eos_token_id=1),
-        num_query_tokens=NUM_QUERY_TOKENS,
+        num_query_tokens=query_tokens,
         image_token_index=vocab["<image>"],
     )
     model = Blip2ForConditionalGeneration(config).to(torch.float32)
