@@ -16,7 +16,7 @@ SITE=/tmp/kvf-site
 "$PY" -m pip install -q --no-index --find-links .wheels --target "$SITE" grpcio \
   grpcio-health-checking grpcio-reflection protobuf googleapis-common-protos transitions \
   prometheus-client pytest \
-  pytest-timeout setuptools wheel typing-extensions 2>&1 | tail -3
+  pytest-timeout setuptools wheel typing-extensions pyzmq 2>&1 | tail -3
 PYTHONPATH=$SITE "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
   --target "$SITE" . 2>&1 | tail -3
 export PYTHONPATH=$SITE
