@@ -83,16 +83,17 @@ class KvferryECConnector(ECConnectorBase):
             if self.is_consumer:
                 self.loader = Loader(self.config, _worker_device(), _model_rows(vllm_config),
                                      reader=rank, engine=engine)
-        elif self.is_producer:
-            self.routes = Routes(self.config)
-            # vLLM's own reading of which placeholder fields this model's consumers need.
-            self._resolver = PlaceholderMetadataResolver(vllm_config.model_config)
-        elif self.is_consumer:
-            rows = _model_rows(vllm_config)
-            # Staged embeddings wait beside the encoder cache: bounded by its size.
-            budget = int(getattr(vllm_config.scheduler_config, "encoder_cache_size", 0) or 0)
-            self.arrivals = Arrivals(self.config, rows[1] if rows else None, readers=ranks,
-                                     engine=engine, budget_rows=budget)
+        else:  # the scheduler (ec_both: both halves)
+            if self.is_producer:
+                self.routes = Routes(self.config)
+                # vLLM's own reading of which placeholder fields this model's consumers need.
+                self._resolver = PlaceholderMetadataResolver(vllm_config.model_config)
+            if self.is_consumer:
+                rows = _model_rows(vllm_config)
+                # Staged embeddings wait beside the encoder cache: bounded by its size.
+                budget = int(getattr(vllm_config.scheduler_config, "encoder_cache_size", 0) or 0)
+                self.arrivals = Arrivals(self.config, rows[1] if rows else None,
+                                         readers=ranks, engine=engine, budget_rows=budget)
         log.info("kvferry EC connector: %s, %s, server %s", role.name.lower(),
                  "producer" if self.is_producer else "consumer", self.config.target)
 
@@ -138,11 +139,12 @@ class KvferryECConnector(ECConnectorBase):
                                     request.get_num_encoder_embeds(index))
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> ECConnectorMetadata:
+        meta = KvferryECMetadata()
         if self.routes is not None:
-            return KvferryECMetadata(routes=self.routes.take())
-        if self.arrivals is None:
-            return KvferryECMetadata()
-        return KvferryECMetadata(self.arrivals.take_loads(scheduler_output.free_encoder_mm_hashes))
+            meta.routes = self.routes.take()
+        if self.arrivals is not None:
+            meta.loads = self.arrivals.take_loads(scheduler_output.free_encoder_mm_hashes)
+        return meta
 
     def take_unavailable_requests(self) -> set[str]:
         return set() if self.arrivals is None else self.arrivals.take_unavailable()

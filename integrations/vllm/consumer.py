@@ -219,7 +219,6 @@ class Arrivals:
             await self.ranks.send({"op": "stage", "mm_hash": e.mm_hash, "tid": e.tid,
                                    "incarnation": e.incarnation, "tokens": e.tokens})
             await self._until_staged(e, secret)
-            e.state = Arrival.READY
         except StopAsyncIteration:
             await self._unavailable(e, "the server ended the Watch before the rows arrived "
                                        "(is it stopping?)")
@@ -237,7 +236,7 @@ class Arrivals:
             raise
 
     async def _until_staged(self, e: Expected, secret: str | None) -> None:
-        """Watch E until every rank holds it. The wait for a sender is bounded here; once one
+        """Watch E until every rank holds it, then make it READY. The wait for a sender is bounded here; once one
         is attached, the transfer's own timeouts bound the rest (a rank taking it in learns of
         a failure as this Watch does). A Watch that ends after the last rows arrived leaves the
         ranks a call's deadline to say they hold them."""
@@ -272,6 +271,7 @@ class Arrivals:
                     attached = True
                 arrived = st.state == pb.TRANSFER_STATE_SUCCESS
             staged.result()  # a rank that failed raises here
+            e.state = Arrival.READY  # now, not after the Watch is closed
         finally:
             if nxt is not None and not nxt.done():
                 nxt.cancel()
@@ -430,6 +430,10 @@ class Loader:
             if self._staging.get(h, (0,))[0] == incarnation:
                 del self._staging[h]
         await self.scheduler.send(answer)
+        if answer["op"] == "staged":
+            # After the answer: the request need not wait for the Release. (A rank that failed
+            # releases nothing: the scheduler gives the opening back for every reader.)
+            await self._release(tid, incarnation)
 
     async def _take(self, tid: str, incarnation: int, tokens: int) -> torch.Tensor:
         """Every window of TID into one tensor on this worker's device, as this rank's reader:
@@ -440,7 +444,7 @@ class Loader:
         out: torch.Tensor | None = None
         header: Header | None = None
         async for w in client.receive(tid, self.config.window_tokens, open=False, views=True,
-                                      read=gpu is None, incarnation=incarnation,
+                                      read=gpu is None, release=False, incarnation=incarnation,
                                       reader=self.reader,
                                       secret=transfer_secret(self.config.secret, tid)):
             if header is None:
@@ -463,6 +467,11 @@ class Loader:
         if out is None:
             raise TransferFailed(tid, "the transfer ended with no window")
         return out
+
+    async def _release(self, tid: str, incarnation: int) -> None:
+        with contextlib.suppress(KvferryError, grpc.RpcError, OSError):
+            await self.bridge.client.release(tid, incarnation=incarnation, reader=self.reader,
+                                             secret=transfer_secret(self.config.secret, tid))
 
     async def _gpu_pool(self) -> Any:
         """The server's GPU pool mapped here through CUDA IPC, or None (a CPU pool is read

@@ -1,4 +1,4 @@
-"""The language engine's scheduler and its workers' ranks, told apart from vLLM's steps.
+"""The channel between a language engine's scheduler and its workers' ranks, beside vLLM's steps.
 
 A waiting request must have its whole embedding on every rank before vLLM schedules it (a step
 that ran on rows that did not arrive would be a wrong answer, cached under the image's hash).
@@ -13,14 +13,17 @@ take in over a channel of its own, and each rank says when it holds all of it:
 ZeroMQ PUSH/PULL over Unix sockets (``ipc://``), one per direction and rank: messages queue
 until the peer is there (a rank may start before its scheduler binds), arrive in order, and are
 never dropped (no high-water mark). The sockets live in a directory only this user can enter
-(``$XDG_RUNTIME_DIR``, else the temp dir), named by the engine's ``ec_transfer_config.engine_id``
-and data-parallel rank, which the scheduler and its workers share. Only control goes this way:
-the rows themselves come from kvferry's pool, each rank reading them as its own reader.
+(``$XDG_RUNTIME_DIR``, else the temp dir), named by a digest of the engine's
+``ec_transfer_config.engine_id`` and data-parallel rank, which the scheduler and its workers
+share. Only control goes this way: the rows themselves come from kvferry's pool, each rank
+reading them as its own reader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import stat
 import tempfile
@@ -32,13 +35,19 @@ import zmq
 import zmq.asyncio
 
 Message = dict[str, Any]
+log = logging.getLogger("kvferry.integrations.vllm")
 
 
-def socket_dir() -> Path:
+# A Unix socket's path fits in sockaddr_un.sun_path: 107 bytes on Linux.
+MAX_SOCKET_PATH = 107
+
+
+def socket_dir(base: str | None = None) -> Path:
     """A directory for the channel's sockets that only this user can enter: whoever can connect
-    could tell a rank what to take in, or a scheduler that a rank holds an embedding."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    path = base / f"kvferry-vllm-{os.getuid()}"
+    could tell a rank what to take in, or a scheduler that a rank holds an embedding. In BASE,
+    else ``$XDG_RUNTIME_DIR``, else the temp dir."""
+    root = Path(base or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    path = root / f"kvferry-vllm-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
@@ -48,7 +57,13 @@ def socket_dir() -> Path:
 
 
 def address(engine: str, name: str) -> str:
-    path = socket_dir() / f"{engine}-{name}.sock"
+    """The socket of ENGINE's side NAME. Named by a digest of the engine, so that a long engine
+    id cannot make the path too long for a Unix socket; a base directory that still does falls
+    back to /tmp."""
+    leaf = f"{hashlib.sha256(engine.encode()).hexdigest()[:24]}-{name}.sock"
+    path = socket_dir() / leaf
+    if len(str(path)) > MAX_SOCKET_PATH:
+        path = socket_dir("/tmp") / leaf
     return f"ipc://{path}"
 
 
@@ -80,13 +95,19 @@ class Channel:
             await s.send_json(message)
 
     async def serve(self, handle: Callable[[Message], Awaitable[None] | None]) -> None:
-        """Hand every message that arrives to ``handle``, until cancelled."""
+        """Hand every message that arrives to ``handle``, until cancelled. One that it cannot
+        take is logged and the next is served: a stopped inbox would leave requests waiting."""
         while True:
             message = await self._pull.recv_json()
-            if isinstance(message, dict):
+            try:
+                if not isinstance(message, dict):
+                    raise TypeError(f"not a JSON object: {message!r:.200}")
                 done = handle(message)
                 if done is not None:
                     await done
+            except Exception:
+                log.exception("kvferry: a message between the scheduler and its ranks could "
+                              "not be handled (%s)", self._inbox_path)
 
     def close(self) -> None:
         for s in [self._pull, *self._push]:
@@ -107,5 +128,4 @@ def rank_channel(engine: str, rank: int) -> Channel:
 def engine_name(engine_id: str, data_parallel_rank: int) -> str:
     """What names one engine's channel: the id its scheduler and workers share, and its
     data-parallel rank (every DP rank has a scheduler of its own under the same id)."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in engine_id)[:64]
-    return f"{safe}-dp{data_parallel_rank}"
+    return f"{engine_id}-dp{data_parallel_rank}"
