@@ -32,8 +32,9 @@ from aiohttp import web
 
 log = logging.getLogger("kvferry.proxy")
 MEDIA_PARTS = {"image_url", "input_image", "video_url", "image_embeds"}
-# Hop-by-hop and length headers are the proxy's own to set.
-NOT_FORWARDED = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+# Hop-by-hop and length headers are the proxy's own to set; a body arrives decompressed.
+NOT_FORWARDED = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                 "content-encoding"}
 
 
 @dataclass(frozen=True)
@@ -120,16 +121,24 @@ class Proxy:
     async def _forward(self, request: web.Request, language: Language,
                        body: Any) -> web.StreamResponse:
         url = f"{language.url.rstrip('/')}{request.path_qs}"
-        async with self.session.request(request.method, url, json=body,
-                                        headers=_headers(request)) as r:
-            out = web.StreamResponse(status=r.status, headers={
-                k: v for k, v in r.headers.items() if k.lower() not in NOT_FORWARDED})
-            out.headers["x-kvferry-language"] = language.url
-            await out.prepare(request)
-            async for chunk in r.content.iter_any():
-                await out.write(chunk)
-            await out.write_eof()
-            return out
+        out: web.StreamResponse | None = None
+        try:
+            async with self.session.request(request.method, url, json=body,
+                                            headers=_headers(request)) as r:
+                out = web.StreamResponse(status=r.status, headers={
+                    k: v for k, v in r.headers.items() if k.lower() not in NOT_FORWARDED})
+                out.headers["x-kvferry-language"] = language.url
+                await out.prepare(request)
+                async for chunk in r.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            if out is not None and out.prepared:
+                raise  # the answer had begun: nothing else can be said now
+            return web.json_response({"error": {"message": f"the language instance "
+                                                f"{language.url} did not answer: {e}"}},
+                                     status=502, headers={"x-kvferry-language": language.url})
 
 
 def _headers(request: web.Request) -> dict[str, str]:

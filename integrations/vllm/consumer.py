@@ -219,6 +219,7 @@ class Arrivals:
             await self.ranks.send({"op": "stage", "mm_hash": e.mm_hash, "tid": e.tid,
                                    "incarnation": e.incarnation, "tokens": e.tokens})
             await self._until_staged(e, secret)
+            e.state = Arrival.READY
         except StopAsyncIteration:
             await self._unavailable(e, "the server ended the Watch before the rows arrived "
                                        "(is it stopping?)")
@@ -236,9 +237,9 @@ class Arrivals:
             raise
 
     async def _until_staged(self, e: Expected, secret: str | None) -> None:
-        """Watch E until every rank holds it, then make it READY. The wait for a sender is bounded here; once one
-        is attached, the transfer's own timeouts bound the rest (a rank taking it in learns of
-        a failure as this Watch does). A Watch that ends after the last rows arrived leaves the
+        """Watch E until every rank holds it. The wait for a sender is bounded here; once one is
+        attached, the transfer's own timeouts bound the rest (a rank taking it in learns of a
+        failure as this Watch does). A Watch that ends after the last rows arrived leaves the
         ranks a call's deadline to say they hold them."""
         staged = e.staged
         assert staged is not None
@@ -271,7 +272,6 @@ class Arrivals:
                     attached = True
                 arrived = st.state == pb.TRANSFER_STATE_SUCCESS
             staged.result()  # a rank that failed raises here
-            e.state = Arrival.READY  # now, not after the Watch is closed
         finally:
             if nxt is not None and not nxt.done():
                 nxt.cancel()
