@@ -53,6 +53,7 @@ class FaultProxy:
         self.host = host
         self.port = self._server.sockets[0].getsockname()[1]
         self.connections = 0  # accepted so far
+        self.ended = 0  # of those, closed by either side
 
     @property
     def target(self) -> str:
@@ -128,6 +129,7 @@ class FaultProxy:
             pass  # the proxy closes
         for w in (client_w, server_w):
             w.transport.abort()
+        self.ended += 1
 
     @staticmethod
     async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, way: _Way) -> None:
