@@ -109,7 +109,6 @@ class Arrivals:
         self.resident: set[str] = set()  # in this engine's encoder cache (loaded or encoded)
         self.loads: list[Load] = []
         self.unavailable_requests: set[str] = set()
-        self.fallbacks = 0
 
         async def connect() -> Channel:
             return scheduler_channel(engine, readers)
@@ -171,7 +170,6 @@ class Arrivals:
             self.loads.append(Load(mm_hash, e.incarnation, request_id))
         elif e.state is Arrival.UNAVAILABLE:  # the engine encodes it (logged when it gave up)
             del self.expected[mm_hash]
-            self.fallbacks += 1
 
     def take_loads(self, freed: list[str]) -> list[Load]:
         for h in freed:
@@ -364,7 +362,6 @@ class Loader:
         self.model = model
         self.reader = reader
         self.bridge = Bridge(config, "kvferry-vllm-worker")
-        self.loaded = 0
         # Touched on the bridge's loop only, except that load() pops what a staged answer
         # announced: the entry is in place before the answer goes.
         self.staged: dict[str, tuple[int, torch.Tensor]] = {}
@@ -394,7 +391,6 @@ class Loader:
                                    f"rank {self.reader}: a bug in kvferry's connector, please "
                                    f"report it")
             encoder_cache[load.mm_hash] = entry[1]
-            self.loaded += 1
 
     # -- on the bridge's loop -----------------------------------------------------------------
 
