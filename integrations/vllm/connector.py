@@ -25,6 +25,7 @@ Two behaviours of vLLM 0.32 shape this class:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,21 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 log = logging.getLogger("kvferry.integrations.vllm")
+# KVFERRY_LOG_LEVEL=DEBUG (or INFO): the connector says what it does, per image, on stderr beside
+# vLLM's own log; unset, only its warnings and errors are printed.
+LOG_LEVEL_ENV = "KVFERRY_LOG_LEVEL"
+
+
+def _log_to_stderr() -> None:
+    level = os.environ.get(LOG_LEVEL_ENV, "").upper()
+    root = logging.getLogger("kvferry")
+    if not level or root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        f"(kvferry pid={os.getpid()}) %(levelname)s %(asctime)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 @dataclass
@@ -63,6 +79,7 @@ class KvferryECMetadata(ECConnectorMetadata):
 class KvferryECConnector(ECConnectorBase):
     def __init__(self, vllm_config: VllmConfig, role: ECConnectorRole) -> None:
         super().__init__(vllm_config=vllm_config, role=role)
+        _log_to_stderr()
         ec = vllm_config.ec_transfer_config
         assert ec is not None  # the base class refused a config without it
         self.config = ConnectorConfig.from_extra(ec.ec_connector_extra_config)

@@ -74,6 +74,7 @@ class Routes:
                           "not sent there (add it to kvferry_targets if it is yours)", refused)
         # "": known, and sent nowhere (not to the default server either).
         self.pending += [(h, target or "") for h in mm_hashes]
+        log.debug("ensure: %s to %r", mm_hashes, target)
 
     def take(self) -> list[tuple[str, str]]:
         out, self.pending = self.pending, []
@@ -106,6 +107,8 @@ class Producer:
         """This step's (image, server) pairs: an image already in ENCODER_CACHE is sent now (it
         will not be encoded again); another, once it is."""
         for h, target in routes:
+            log.debug("route: %s to %r (%s)", h, target,
+                      "cached: sent now" if h in encoder_cache else "sent once encoded")
             if h not in encoder_cache:
                 self.routes.setdefault(h, set()).add(target)
                 while len(self.routes) > SENT_MEMORY:
@@ -117,6 +120,8 @@ class Producer:
         """MM_HASH was just encoded: send it where its requests go (the connector's own
         ``kvferry_target`` when no route came; "" is a refused server: nowhere)."""
         targets = self.routes.pop(mm_hash, None)
+        log.debug("encoded: %s, sent to %s", mm_hash,
+                  "the default server" if targets is None else sorted(targets))
         for target in sorted({self.config.target} if targets is None else targets):
             if target:
                 self.save(embedding, mm_hash, target)
@@ -129,6 +134,8 @@ class Producer:
         key = (target or self.config.target, mm_hash)
         if key in self.in_flight or key in self.sent:
             self.counts.skipped_repeats += 1
+            log.debug("not sent: %s to %s is %s", mm_hash, key[0],
+                      "in flight" if key in self.in_flight else "sent already")
             return None
         if len(self.in_flight) >= self.config.max_sends_in_flight:
             self.counts.refused_full += 1
@@ -160,6 +167,7 @@ class Producer:
         client = self.bridge.client_for(target)
         if computed is not None:
             await asyncio.get_running_loop().run_in_executor(None, computed.synchronize)
+        log.debug("send: %s to %s as %s", mm_hash, target, tid)
         try:
             info = await client.pool_info()
             if info.row_bytes != header.row_bytes:
@@ -188,6 +196,7 @@ class Producer:
                             mm_hash, tid, what)
             raise
         self.counts.sent += 1
+        log.debug("sent: %s to %s", mm_hash, target)
         self.sent[key] = None
         while len(self.sent) > SENT_MEMORY:
             self.sent.popitem(last=False)

@@ -81,7 +81,8 @@ def test_a_proxy_serves_two_language_instances_from_one_encoder(tiny_model: Path
     servers = {
         "single": Served("single", tiny_model, tmp_path, LANGUAGE),
         "encoder": Served("encoder", tiny_model, tmp_path, ec_args(readme_config(
-            "ec_producer", kvferry_target=first.target, kvferry_targets=second.target))),
+            "ec_producer", kvferry_target=first.target, kvferry_targets=second.target)),
+            env={"KVFERRY_LOG_LEVEL": "DEBUG"}),  # its sends, in its log, if this fails
         "first": Served("first", tiny_model, tmp_path, language(first.target)),
         "second": Served("second", tiny_model, tmp_path, language(second.target)),
     }
