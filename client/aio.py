@@ -6,22 +6,24 @@ the transports make (``kvferry.client.transports``)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
-from kvferry.client import receiving, sending
+from kvferry.client import receiving, retries, sending
 from kvferry.client.contract import (
     AUTHORIZATION_KEY,
     CALL_TIMEOUT_S,
+    CONTROLS,
     KEEPALIVE_S,
     KEEPALIVE_TIMEOUT_S,
     MAX_RECONNECT_BACKOFF_S,
     TransportUnavailable,
 )
 from kvferry.client.errors import typed_errors, typed_stream
+from kvferry.client.host import host_id
+from kvferry.client.local_calls import Calls, Socket
 from kvferry.client.receiving import Window
 from kvferry.client.secrets import receiver_metadata
 from kvferry.client.transports import TRANSPORTS, Registry, Transport, unavailable
@@ -30,16 +32,6 @@ from kvferry.v1 import transfer_pb2_grpc as pb_grpc
 
 __all__ = ["AsyncClient", "Window"]
 
-# Calls that are safe to repeat are retried by gRPC itself on UNAVAILABLE. Resume is among them:
-# a repeat of an applied resume is answered as a duplicate, which is the point of the guard.
-RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
-    "name": [{"service": "kvferry.v1.TransferService", "method": m}
-             for m in ("GetPoolInfo", "Poll", "Read", "Resume", "Abort")],
-    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s",
-                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-}]})
-
-
 class AsyncClient:
     def __init__(self, target: str, *, token: str | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
@@ -47,7 +39,7 @@ class AsyncClient:
                  options: Sequence[tuple[str, Any]] = (),
                  transports: Registry | None = None, keepalive_s: float = KEEPALIVE_S,
                  keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
-                 call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+                 call_timeout_s: float = CALL_TIMEOUT_S, control: str = "auto") -> None:
         """``token``: the server's bearer token (--auth-token-file), sent with every call.
         ``credentials``: TLS, e.g. ``grpc.ssl_channel_credentials(ca, key, cert)``.
         ``transports``: the ways rows may travel (default: ``kvferry.client.transports.
@@ -56,10 +48,16 @@ class AsyncClient:
         unanswered that long, failing every call on it: a partition is known within their sum,
         streams included (keep ``keepalive_s`` above the server's --keepalive-min-ping).
         ``call_timeout_s``: the deadline of every unary call. ``options`` (gRPC channel
-        options) come last and win."""
+        options) come last and win. ``control``: how calls travel once the server's PoolInfo is
+        known: ``auto`` over the server's same-host socket where it offers one on this host
+        (``PoolInfo.local_calls_path``), else gRPC; ``grpc`` always gRPC; ``local`` the socket
+        or TransportUnavailable saying why not. Push always takes gRPC."""
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+        self.control = control
         self.target = target
         self.call_timeout = call_timeout_s
-        opts = [("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        opts = [("grpc.enable_retries", 1), ("grpc.service_config", retries.service_config()),
                 ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
                 ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
                 # gRPC 1.6x+ times a ping out with this (60 s by default), not the above.
@@ -72,7 +70,10 @@ class AsyncClient:
             self.channel = grpc.aio.insecure_channel(target, options=opts)
         else:
             self.channel = grpc.aio.secure_channel(target, credentials, options=opts)
-        self.stub = pb_grpc.TransferServiceStub(self.channel)
+        self._socket: Socket | None = None  # the same-host calls' socket, once chosen
+        # Stands where the generated stub stood, with the same methods and signatures.
+        self.stub = cast(pb_grpc.TransferServiceStub,
+                         Calls(pb_grpc.TransferServiceStub(self.channel), lambda: self._socket))
         self.transports = transports or TRANSPORTS
         self._md = tuple(call_metadata) + (
             ((AUTHORIZATION_KEY, f"Bearer {token}"),) if token else ())
@@ -87,6 +88,8 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
         await self.channel.close()
 
     send = sending.send
@@ -98,9 +101,35 @@ class AsyncClient:
         failed = self._pool is not None and self._pool.done() and (
             self._pool.cancelled() or self._pool.exception() is not None)
         if self._pool is None or refresh or failed:
-            self._pool = asyncio.ensure_future(
-                self.stub.GetPoolInfo(pb.GetPoolInfoRequest(), timeout=self.call_timeout, metadata=self._md))
+            self._pool = asyncio.ensure_future(self._learn_pool())
         return await asyncio.shield(self._pool)
+
+    async def _learn_pool(self) -> pb.PoolInfo:
+        info: pb.PoolInfo = await self.stub.GetPoolInfo(pb.GetPoolInfoRequest(),
+                                                        timeout=self.call_timeout,
+                                                        metadata=self._md)
+        if self._socket is None and self.control != "grpc":
+            self._socket = await self._local_socket(info)
+        return info
+
+    async def _local_socket(self, info: pb.PoolInfo) -> Socket | None:
+        """The server's same-host socket, connected, if this client may and can use it."""
+        why = None
+        if not info.local_calls_path:
+            why = "the server offers no same-host socket (--local-calls)"
+        elif info.host_id != host_id():
+            why = f"the server runs on another host than this client ({self.target})"
+        else:
+            socket = Socket(info.local_calls_path)
+            try:
+                await socket.connection()
+                return socket
+            except grpc.aio.AioRpcError as e:
+                why = f"cannot connect to {info.local_calls_path}: {e.__cause__}"
+        if self.control == "local":
+            raise TransportUnavailable(f"control 'local' cannot work: {why}; use control "
+                                       f"'auto' or 'grpc'")
+        return None
 
     # ``secret``: the transfer's secret (kvferry.client.secrets), for a transfer bound to one.
     # ``incarnation``: only the opening of the id with this TransferStatus.incarnation (0: any).

@@ -45,6 +45,9 @@ CALL_TIMEOUT_S = 5.0
 # and a call between two attempts fails at once: after a partition heals, a client would fail
 # for up to two minutes. Capped here, a healed link carries calls again within this long.
 MAX_RECONNECT_BACKOFF_S = 5.0
+# How a client's calls travel (AsyncClient(control=)): "auto" takes the server's same-host socket
+# (PoolInfo.local_calls_path) where the server runs on the client's host, else gRPC.
+CONTROLS = ("auto", "grpc", "local")
 
 _PREFIX = "ERROR_REASON_"
 # The stable refusal codes, as ErrorInfo.reason spells them: the contract's ErrorReason enum

@@ -93,6 +93,8 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
     # Who opened the transfer (here, or with open() and named its incarnation) owns it: if
     # this stops early, it aborts the transfer so that the sender learns at once.
     owner = open or bool(incarnation)
+    # First: it says how the calls below travel (the same-host socket, or gRPC).
+    info = await self.pool_info()
     if open:
         opened = await self.stub.Open(pb.OpenRequest(transfer_id=transfer_id,
                                                      window_tokens=window_tokens, readers=readers),
@@ -100,7 +102,6 @@ async def receive(self: AsyncClient, transfer_id: str, window_tokens: int = 0, *
         incarnation = opened.status.incarnation
     elif not incarnation:
         incarnation = (await _wait_for(self, transfer_id, wait_open, md)).incarnation
-    info = await self.pool_info()
     row_bytes = info.row_bytes
     mapped: WindowReader | None = None  # None: Read through gRPC
     named = len(choices) == 1  # a transport named outright: why it cannot work is the answer

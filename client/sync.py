@@ -47,14 +47,14 @@ class Client:
                  options: Sequence[tuple[str, Any]] = (),
                  transports: Registry | None = None, keepalive_s: float = KEEPALIVE_S,
                  keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
-                 call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+                 call_timeout_s: float = CALL_TIMEOUT_S, control: str = "auto") -> None:
         self._loop = LoopThread("kvferry-client")
 
         async def make() -> AsyncClient:
             return AsyncClient(target, token=token, credentials=credentials,
                                call_metadata=call_metadata, options=options, transports=transports,
                                keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s,
-                               call_timeout_s=call_timeout_s)
+                               call_timeout_s=call_timeout_s, control=control)
 
         self._aio = self._loop.run(make())
 

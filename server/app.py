@@ -33,6 +33,7 @@ from kvferry.server.faults import FaultPlan
 from kvferry.server.grpc_metrics import GrpcServerMetrics
 from kvferry.server.http_endpoint import Health, HttpEndpoint
 from kvferry.server.listener import ShellListener
+from kvferry.server.local_calls import LocalCalls
 from kvferry.server.metrics import CoordinatorCollector, TransferHistograms
 from kvferry.server.mooncake_endpoint import MooncakeEndpoint
 from kvferry.server.notifier import ChangeNotifier
@@ -63,6 +64,7 @@ class Server:
     listener: ShellListener
     storage: BlockStorage
     transports: list[ServerTransport]
+    local: LocalCalls | None
     http: HttpEndpoint = field(repr=False)
     probes: Health = field(repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -103,6 +105,8 @@ class Server:
         if left:
             logs.event(logging.WARNING, "shutdown_failed_transfers", transfers=left, grace_seconds=grace)
         await self.grpc_server.stop(max(0.0, deadline - time.monotonic()) or 0.5)
+        if self.local is not None:
+            await self.local.close()
         self.http.shutdown()
         for transport in self.transports:
             transport.close()
@@ -208,11 +212,34 @@ async def _start(config: ServerConfig, storage: BlockStorage,
         raise StartupError(f"cannot listen for HTTP (/metrics) on {config.host}:{config.metrics_port} "
                            f"({e.strerror})", "pick a free --metrics-port (0: any)") from None
     await server.start()
+    local = await _local_calls(config, pipeline, service)
+    if local is not None:
+        Gauge("kvferry_local_calls_connections", "Clients on this host connected to the "
+              "same-host calls' socket (--local-calls).", registry=registry
+              ).set_function(lambda: local.connections)
     for name in (*READINESS_SERVICES, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     probes.ready = True
     return Server(config, coord, server, health_servicer, port, http.port, listener, storage,
-                  transports, http, probes)
+                  transports, local, http, probes)
+
+
+async def _local_calls(config: ServerConfig, pipeline: Pipeline,
+                       service: TransferService) -> LocalCalls | None:
+    """The same-host calls' socket, where offered. Not with mTLS: a call there carries no client
+    certificate. A directory that takes no socket only loses clients the faster path."""
+    if not config.local_calls or config.tls_client_ca:
+        return None
+    prefix = f"/{SERVICE_NAME}/"
+    local = LocalCalls({k: h for k, h in pipeline.handlers.items() if k.startswith(prefix)})
+    try:
+        service.local_calls_path = await local.start(config.shm_dir)
+    except OSError as e:
+        logs.event(logging.WARNING, "local_calls_unavailable", directory=config.shm_dir,
+                   error=str(e), todo="clients on this host use gRPC; give --shm-dir a "
+                   "writable directory, or --local-calls=false to silence this")
+        return None
+    return local
 
 
 async def serve(config: ServerConfig) -> None:

@@ -47,6 +47,7 @@ class ServerConfig:
     max_streams: int = 4_096
     max_metadata_bytes: int = 64 * 1024
     shm_dir: str = "/dev/shm"
+    local_calls: bool = True
     mooncake: str = ""
     mooncake_host: str = ""
     mooncake_device: str = ""
@@ -175,6 +176,9 @@ _HELP: dict[str, str] = {
                      "failed, unless the writer commits them or detaches first",
     "shm_dir": "memory-backed directory holding a CPU pool, shared with same-host senders "
                "(a Memory emptyDir shared by the pods in Kubernetes)",
+    "local_calls": "offer clients on this host the service's calls over a Unix socket in "
+                   "--shm-dir (mode 0600), cheaper than gRPC; they take it by themselves and fall "
+                   "back to gRPC (off with mTLS: those calls carry no client certificate)",
     "mooncake": "offer one-sided writes from other hosts through the Mooncake Transfer Engine over "
                 "tcp or rdma (needs kvferry[mooncake]); empty: off",
     "mooncake_host": "address senders reach this host's engine at (default: --host)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -43,6 +43,9 @@ class Pipeline:
     metrics: GrpcServerMetrics
     auth: BearerTokens | None = None
     faults: FaultPlan | None = None
+    # Every wrapped handler by its full method name ("/pkg.Service/Method"): the same-host
+    # listener (``local_calls``) runs the very same ones.
+    handlers: dict[str, grpc.RpcMethodHandler] = field(default_factory=dict)
 
     def install(self, server: grpc.aio.Server, add_servicer: Callable[[Any, Any], None],
                 servicer: Any, decoders: dict[str, Callable[[bytes], Any]] | None = None,
@@ -55,6 +58,7 @@ class Pipeline:
             wrapped = {name: self._wrap(service, name, h, (decoders or {}).get(name),
                                         name in raw_responses)
                        for name, h in handlers.items()}
+            self.handlers.update({f"/{service}/{name}": h for name, h in wrapped.items()})
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
             server.add_registered_method_handlers(service, wrapped)
 

@@ -65,6 +65,7 @@ class TransferService(pb_grpc.TransferServiceServicer):
         self.host_id = host_id()
         self.streams = 0
         self.senders_waiting = 0  # in ``_attach``, for the receiver's Open
+        self.local_calls_path = ""  # the same-host calls' socket, once listening
 
     @contextlib.contextmanager
     def _stream_slot(self) -> Iterator[None]:
@@ -155,7 +156,8 @@ class TransferService(pb_grpc.TransferServiceServicer):
             transports=["grpc", *self.one_sided], host_id=self.host_id,
             quarantined_blocks=c.quarantine.blocks,
             max_metadata_bytes=c.limits.max_metadata_bytes,
-            transfer_secrets_required=self.secrets.required)
+            transfer_secrets_required=self.secrets.required,
+            local_calls_path=self.local_calls_path)
         for transport in self.one_sided.values():
             transport.describe(info)
         return info

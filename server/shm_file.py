@@ -16,7 +16,6 @@ import secrets
 from kvferry.client.shm import ShmPool, ShmUnavailable, file_size
 
 PREFIX = "kvferry-pool-"
-_NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+$")
 
 
 def create(directory: str, num_blocks: int, block_tokens: int, row_bytes: int) -> ShmPool:
@@ -46,15 +45,17 @@ def create(directory: str, num_blocks: int, block_tokens: int, row_bytes: int) -
         os.close(fd)
 
 
-def sweep(directory: str) -> list[str]:
-    """Remove pool files whose server process is gone (one that was SIGKILLed); returns them."""
+def sweep(directory: str, prefix: str = PREFIX) -> list[str]:
+    """Remove pool files (or other files named PREFIX<pid>-<hex>, the same-host calls' socket)
+    whose server process is gone (one that was SIGKILLed); returns them."""
+    pattern = re.compile(rf"^{prefix}(\d+)-[0-9a-f]+$")
     removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
     for name in names:
-        m = _NAME.match(name)
+        m = pattern.match(name)
         if m is None or _alive(int(m.group(1))):
             continue
         try:

@@ -40,7 +40,8 @@ class Bridge:
             c = self._config
             client = self._clients[target] = AsyncClient(
                 target, token=c.token, keepalive_s=c.keepalive_s,
-                keepalive_timeout_s=c.keepalive_timeout_s, call_timeout_s=c.call_timeout_s)
+                keepalive_timeout_s=c.keepalive_timeout_s, call_timeout_s=c.call_timeout_s,
+                control=c.control)
         return client
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvferry.client.contract import CALL_TIMEOUT_S, KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
+from kvferry.client.contract import CALL_TIMEOUT_S, CONTROLS, KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
 from kvferry.client.secrets import MIN_SECRET_CHARS
 from kvferry.client.transports import TRANSPORTS
 
@@ -20,7 +20,7 @@ PREFIX = "kvferry_"
 KEYS = tuple(PREFIX + k for k in ("target", "targets", "token_file", "secret_file", "window_tokens",
                                   "transport", "sender_wait_s", "on_failure",
                                   "transfer_id_prefix", "max_sends_in_flight", "keepalive_s",
-                                  "keepalive_timeout_s", "call_timeout_s"))
+                                  "keepalive_timeout_s", "call_timeout_s", "control"))
 ON_FAILURE = ("encode", "fail")
 
 
@@ -67,6 +67,9 @@ class ConnectorConfig:
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     call_timeout_s: float = CALL_TIMEOUT_S
     """The deadline of each unary call to the server."""
+    control: str = "auto"
+    """How the connector's calls travel (``AsyncClient(control=)``): ``auto`` over the server's
+    same-host socket when the server runs on this host, else gRPC; ``grpc``; ``local``."""
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> ConnectorConfig:
@@ -83,6 +86,10 @@ class ConnectorConfig:
         if transport not in TRANSPORTS.names():
             raise ConfigError(f"ec_connector_extra_config.kvferry_transport: {transport!r} is not "
                               f"one of {', '.join(TRANSPORTS.names())}")
+        control = str(extra.get(f"{PREFIX}control", cls.control))
+        if control not in CONTROLS:
+            raise ConfigError(f"ec_connector_extra_config.kvferry_control: {control!r} is not "
+                              f"one of {', '.join(CONTROLS)}")
         on_failure = str(extra.get(f"{PREFIX}on_failure", cls.on_failure))
         if on_failure not in ON_FAILURE:
             raise ConfigError(f"ec_connector_extra_config.kvferry_on_failure: {on_failure!r} is "
@@ -111,6 +118,7 @@ class ConnectorConfig:
                                         cls.keepalive_timeout_s, float, minimum=0.1),
             call_timeout_s=_number(extra, f"{PREFIX}call_timeout_s", cls.call_timeout_s, float,
                                    minimum=0.1),
+            control=control,
         )
 
     def allows(self, target: str) -> bool:

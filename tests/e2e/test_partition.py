@@ -48,8 +48,10 @@ def proxy(server: ServerProcess) -> Iterator[FaultProxy]:
 
 
 def client(p: FaultProxy, **kw: Any) -> Client:
+    """A client of the server through the proxy. control="grpc": on the server's host the
+    client would otherwise take the server's same-host socket, around the proxy."""
     return Client(p.target, keepalive_s=KEEPALIVE, keepalive_timeout_s=KEEPALIVE,
-                  call_timeout_s=4 * KEEPALIVE, **kw)
+                  call_timeout_s=4 * KEEPALIVE, control="grpc", **kw)
 
 
 def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[BaseException], list[float]]:
@@ -182,7 +184,8 @@ def _connections_after_idling(server: ServerProcess, keepalive: float, pings: in
     call at all (only pings), and one call more: 1 when it was never sent away, more when the
     server's GOAWAY too_many_pings made it connect again."""
     with FaultProxy(server.grpc_port) as counted, \
-            Client(counted.target, keepalive_s=keepalive, keepalive_timeout_s=1.0) as c:
+            Client(counted.target, keepalive_s=keepalive, keepalive_timeout_s=1.0,
+                   control="grpc") as c:
         c.pool_info()
         idle_until = time.monotonic() + pings * keepalive
         while time.monotonic() < idle_until:  # the pings' own clock: nothing to wait on
@@ -201,7 +204,8 @@ def test_a_healthy_idle_connection_is_never_sent_away(server: ServerProcess) -> 
     strict = start_server(keepalive_min_ping=30)
     try:
         with FaultProxy(strict.grpc_port) as counted, \
-                Client(counted.target, keepalive_s=KEEPALIVE / 2, keepalive_timeout_s=1.0) as c:
+                Client(counted.target, keepalive_s=KEEPALIVE / 2, keepalive_timeout_s=1.0,
+                       control="grpc") as c:
             c.pool_info()
             # Pings alone, with no call, until the server gives the connection up.
             wait_until(lambda: counted.ended >= 1, "the strict server sending the client away")

@@ -160,7 +160,7 @@ class GetPoolInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PoolInfo(_message.Message):
-    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks", "mooncake_session", "mooncake_protocol", "mooncake_base_address", "max_metadata_bytes", "transfer_secrets_required", "transport_params")
+    __slots__ = ("block_tokens", "num_blocks", "free_blocks", "row_bytes", "device", "default_window_tokens", "max_message_bytes", "transfers", "transports", "host_id", "shm_path", "quarantined_blocks", "mooncake_session", "mooncake_protocol", "mooncake_base_address", "max_metadata_bytes", "transfer_secrets_required", "transport_params", "local_calls_path")
     class TransportParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class PoolInfo(_message.Message):
     MAX_METADATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_SECRETS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CALLS_PATH_FIELD_NUMBER: _ClassVar[int]
     block_tokens: int
     num_blocks: int
     free_blocks: int
@@ -204,7 +205,8 @@ class PoolInfo(_message.Message):
     max_metadata_bytes: int
     transfer_secrets_required: bool
     transport_params: _containers.MessageMap[str, TransportParams]
-    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ..., mooncake_session: _Optional[str] = ..., mooncake_protocol: _Optional[str] = ..., mooncake_base_address: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., transfer_secrets_required: _Optional[bool] = ..., transport_params: _Optional[_Mapping[str, TransportParams]] = ...) -> None: ...
+    local_calls_path: str
+    def __init__(self, block_tokens: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., row_bytes: _Optional[int] = ..., device: _Optional[str] = ..., default_window_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., transfers: _Optional[int] = ..., transports: _Optional[_Iterable[str]] = ..., host_id: _Optional[str] = ..., shm_path: _Optional[str] = ..., quarantined_blocks: _Optional[int] = ..., mooncake_session: _Optional[str] = ..., mooncake_protocol: _Optional[str] = ..., mooncake_base_address: _Optional[int] = ..., max_metadata_bytes: _Optional[int] = ..., transfer_secrets_required: _Optional[bool] = ..., transport_params: _Optional[_Mapping[str, TransportParams]] = ..., local_calls_path: _Optional[str] = ...) -> None: ...
 
 class TransportParams(_message.Message):
     __slots__ = ("values",)

@@ -128,7 +128,8 @@ def test_a_partitioned_server_falls_back_within_the_keepalive_bound(tiny_model: 
     proxy = FaultProxy(srv.grpc_port)
     scheduler = make(SCHEDULER, "ec_consumer", tiny_model, proxy.target, kvferry_sender_wait_s=600,
                      kvferry_keepalive_s=keepalive, kvferry_keepalive_timeout_s=keepalive,
-                     kvferry_call_timeout_s=4 * keepalive)
+                     kvferry_call_timeout_s=4 * keepalive,
+                     kvferry_control="grpc")  # through the proxy, not the same-host socket
     try:
         req = request("cut off", image_hash(11), 10)
         assert not scheduler.ensure_cache_available(req, 0)  # waiting for a sender
