@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import core_figures, grpc_figures, link_figures, one_sided_figures, wire_figures
+from bench import (
+    control_figures,
+    core_figures,
+    grpc_figures,
+    link_figures,
+    one_sided_figures,
+    wire_figures,
+)
 from bench.report import print_report, run_plan, to_json
 
 
@@ -14,13 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks it runs")
     ap.add_argument("--json", default="", help="also write the figures here as JSON")
     ap.add_argument("--only", nargs="*", default=[],
-                    choices=["control", "resume", "data", "core", "allocator", "growth", "wire", "shm", "turnaround",
+                    choices=["control", "calls", "resume", "data", "core", "allocator", "growth", "wire", "shm",
+                             "turnaround",
                              "mooncake", "link"])
     args = ap.parse_args(argv)
     smoke = args.smoke
     plan = {
         "control": lambda: grpc_figures.control_plane(rounds=1 if smoke else 5,
                                                       seconds=0.2 if smoke else 2.0),
+        "calls": lambda: control_figures.control_path(rounds=1 if smoke else 5,
+                                                      windows=20 if smoke else 400,
+                                                      smalls=2 if smoke else 20,
+                                                      controls=("grpc", "local")),
         "resume": lambda: grpc_figures.resume_path(rounds=1 if smoke else 5,
                                                    windows=10 if smoke else 300),
         "data": lambda: grpc_figures.data_plane(rounds=1 if smoke else 5,
