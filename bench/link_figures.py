@@ -19,8 +19,13 @@ from kvferry.testing.fault_proxy import FaultProxy
 ROW = 256
 
 
+# Over the link, as a client on another host would be (on this host, "auto" would take the
+# server's same-host socket, around the proxy).
+CONTROL = "grpc"
+
+
 async def _rtt(target: str, n: int) -> float:
-    async with AsyncClient(target) as c:
+    async with AsyncClient(target, control=CONTROL) as c:
         await c.pool_info()
         out = []
         for _ in range(n):
@@ -33,7 +38,8 @@ async def _rtt(target: str, n: int) -> float:
 async def _transfer(target: str, tid: str, data: np.ndarray, window: int) -> tuple[float, float]:
     """(seconds until the receiver has its first rows, seconds until receive() is done), from the
     receiver's first call; the sender is already waiting (it started first)."""
-    async with AsyncClient(target) as rx, AsyncClient(target) as tx:
+    async with AsyncClient(target, control=CONTROL) as rx, \
+            AsyncClient(target, control=CONTROL) as tx:
         await rx.pool_info()
         await tx.pool_info()
         send = asyncio.create_task(tx.send(tid, data, transport="grpc"))

@@ -23,14 +23,17 @@ ROW = 8192
 
 
 async def _transfer(target: str, tid: str, data: np.ndarray, window: int, transport: str,
-                    read_with: str = "shm") -> float:
+                    read_with: str = "shm", sender_control: str = "auto",
+                    receiver_control: str = "auto") -> float:
     """Seconds from the first call until the receiver has copied the last window into its own
     buffer (preallocated, as an encoder cache is). The sender uses ``transport``; the receiver,
     on the server's host, reads windows with ``read_with``: from a view of the shared-memory pool,
-    or with Read when the whole transfer is to go through gRPC."""
+    or with Read when the whole transfer is to go through gRPC. ``sender_control``,
+    ``receiver_control``: how each side's calls travel (``auto``: the server's same-host socket)."""
     dst = np.zeros_like(data)
     dst[:] = 1  # touched before the clock starts, as the baseline's is
-    async with AsyncClient(target) as rx, AsyncClient(target) as tx:
+    async with AsyncClient(target, control=receiver_control) as rx, \
+            AsyncClient(target, control=sender_control) as tx:
         await rx.pool_info()
         await tx.pool_info()
         t0 = time.perf_counter()
@@ -70,7 +73,7 @@ def shm_transfer(rounds: int, total_mib: int, window_mib: int) -> list[Figure]:
             copies.append(_two_copies(data, window))
             ours.append(asyncio.run(_transfer(srv.target, f"shm-{i}", data, window, "shm")))
             grpc_.append(asyncio.run(_transfer(srv.target, f"grpc-{i}", data, window, "grpc",
-                                               "grpc")))
+                                               "grpc", "grpc", "grpc")))
     gbps = lambda s: data.nbytes / s / 1e9  # noqa: E731
     return [
         ratio_target(f"shm transfer {total_mib} MiB in {window_mib} MiB windows vs two numpy copies",
@@ -184,12 +187,16 @@ def mooncake_transfer(rounds: int, total_mib: int, window_mib: int) -> list[Figu
             return time.perf_counter() - t0
 
         raw_writes()  # warm: handshake, connections
-        run_loop(_transfer(srv.target, "mc-warm", data[:window], window, "mooncake"))
+        # The sender's calls over gRPC, as a sender on another host makes them (here on one host,
+        # "auto" would take the server's same-host socket).
+        run_loop(_transfer(srv.target, "mc-warm", data[:window], window, "mooncake",
+                           sender_control="grpc"))
         for i in range(rounds):
             raw.append(raw_writes())
-            ours.append(run_loop(_transfer(srv.target, f"mc-{i}", data, window, "mooncake")))
+            ours.append(run_loop(_transfer(srv.target, f"mc-{i}", data, window, "mooncake",
+                                           sender_control="grpc")))
             grpc_.append(run_loop(_transfer(srv.target, f"mc-grpc-{i}", data, window, "grpc",
-                                            "grpc")))
+                                            "grpc", "grpc", "grpc")))
     gbps = lambda s: data.nbytes / s / 1e9  # noqa: E731
     return [
         ratio_target(f"mooncake (tcp, loopback) {total_mib} MiB in {window_mib} MiB windows vs the "
