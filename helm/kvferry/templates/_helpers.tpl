@@ -73,6 +73,7 @@ app.kubernetes.io/part-of: kvferry
 - --lease-timeout={{ .Values.server.leaseTimeout }}
 - --reconnect-grace={{ .Values.server.reconnectGrace }}
 - --fence-timeout={{ .Values.server.fenceTimeout }}
+- --local-calls={{ .Values.server.localCalls }}
 - --keepalive={{ .Values.server.keepalive }}
 - --keepalive-timeout={{ .Values.server.keepaliveTimeout }}
 - --keepalive-min-ping={{ .Values.server.keepaliveMinPing }}
