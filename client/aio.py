@@ -23,7 +23,7 @@ from kvferry.client.contract import (
 )
 from kvferry.client.errors import typed_errors, typed_stream
 from kvferry.client.host import host_id
-from kvferry.client.local_calls import Calls, Socket
+from kvferry.client.local_calls import Calls, NotConnected, Socket
 from kvferry.client.receiving import Window
 from kvferry.client.secrets import receiver_metadata
 from kvferry.client.transports import TRANSPORTS, Registry, Transport, unavailable
@@ -73,7 +73,7 @@ class AsyncClient:
         self._socket: Socket | None = None  # the same-host calls' socket, once chosen
         # Stands where the generated stub stood, with the same methods and signatures.
         self.stub = cast(pb_grpc.TransferServiceStub,
-                         Calls(pb_grpc.TransferServiceStub(self.channel), lambda: self._socket))
+                         Calls(pb_grpc.TransferServiceStub(self.channel), self._socket_now))
         self.transports = transports or TRANSPORTS
         self._md = tuple(call_metadata) + (
             ((AUTHORIZATION_KEY, f"Bearer {token}"),) if token else ())
@@ -104,11 +104,20 @@ class AsyncClient:
             self._pool = asyncio.ensure_future(self._learn_pool())
         return await asyncio.shield(self._pool)
 
+    def _socket_now(self) -> Socket | None:
+        """The socket the next call takes, or None for gRPC. With ``auto``, one that can no
+        longer be connected (its server restarted: a new socket, or none) is left for gRPC until
+        the next PoolInfo names the server's socket again."""
+        s = self._socket
+        return None if s is None or (s.broken and self.control == "auto") else s
+
     async def _learn_pool(self) -> pb.PoolInfo:
         info: pb.PoolInfo = await self.stub.GetPoolInfo(pb.GetPoolInfoRequest(),
                                                         timeout=self.call_timeout,
                                                         metadata=self._md)
-        if self._socket is None and self.control != "grpc":
+        if self.control != "grpc" and (self._socket is None or self._socket.broken):
+            if self._socket is not None:
+                await self._socket.close()
             self._socket = await self._local_socket(info)
         return info
 
@@ -120,11 +129,11 @@ class AsyncClient:
         elif info.host_id != host_id():
             why = f"the server runs on another host than this client ({self.target})"
         else:
-            socket = Socket(info.local_calls_path)
+            socket = Socket(info.local_calls_path, fallback=self.control == "auto")
             try:
                 await socket.connection()
                 return socket
-            except grpc.aio.AioRpcError as e:
+            except NotConnected as e:
                 why = f"cannot connect to {info.local_calls_path}: {e.__cause__}"
         if self.control == "local":
             raise TransportUnavailable(f"control 'local' cannot work: {why}; use control "

@@ -130,14 +130,23 @@ class Connection:
             await self._task
 
 
-class Socket:
-    """Where a client's same-host calls go: the server's socket, connected on first use."""
+class NotConnected(grpc.aio.AioRpcError):
+    """The socket could not be connected: the call was not sent (it may go through gRPC)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "")
+
+
+class Socket:
+    """Where a client's same-host calls go: the server's socket, connected on first use.
+    FALLBACK: a call that finds it cannot be connected goes through gRPC instead (``auto``)."""
+
+    def __init__(self, path: str, fallback: bool = True) -> None:
         self.path = path
+        self.fallback = fallback
         self._conn: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
-        self.broken = False  # it could not be connected: calls take gRPC
+        self.broken = False  # the last connect failed
 
     async def connection(self) -> Connection:
         if self._conn is not None and not self._conn.lost:
@@ -150,8 +159,11 @@ class Socket:
         try:
             reader, writer = await asyncio.open_unix_connection(self.path)
         except OSError as e:
+            # Gone (its server stopped, or restarted with a socket of another name): calls go
+            # through gRPC until PoolInfo names a socket again (AsyncClient).
             self.broken = True
-            raise _error(grpc.StatusCode.UNAVAILABLE, "") from e
+            raise NotConnected() from e
+        self.broken = False
         self._conn = Connection(reader, writer)
         return self._conn
 
@@ -169,6 +181,8 @@ async def unary(socket: Socket, method: str, request: Any, parse: Callable[[byte
         while True:
             try:
                 return await attempt()
+            except NotConnected:
+                raise  # nothing was sent: the caller may take gRPC at once
             except grpc.aio.AioRpcError as e:
                 wait = next(waits, None)
                 if e.code() != grpc.StatusCode.UNAVAILABLE or wait is None:
@@ -204,7 +218,11 @@ class Stream:
     is known once the server ended it, whether or not its messages were taken)."""
 
     def __init__(self, socket: Socket, method: str, request: Any, parse: Callable[[bytes], Any],
-                 metadata: Metadata, retried: bool) -> None:
+                 metadata: Metadata, retried: bool, fallback: Callable[[], Any]) -> None:
+        """FALLBACK: the same call through gRPC, made if the socket cannot be connected (and
+        SOCKET allows it)."""
+        self._fallback = fallback
+        self._grpc: Any = None  # the gRPC call that stands in, once made
         self._socket, self._method, self._request = socket, method, request
         self._parse, self._metadata, self._retried = parse, metadata, retried
         self._conn: Connection | None = None
@@ -216,8 +234,11 @@ class Stream:
     async def _start(self) -> None:
         try:
             self._conn = await self._socket.connection()
-        except grpc.aio.AioRpcError as e:
-            self._call.end(e)
+        except NotConnected as e:
+            if self._socket.fallback and not self._cancelled:
+                self._grpc = self._fallback()
+            else:
+                self._call.end(e)
             return
         if not self._cancelled:
             self._cid, self._call = self._conn.start(self._method, self._metadata,
@@ -234,6 +255,10 @@ class Stream:
         try:
             while True:
                 await self._started
+                if self._grpc is not None:
+                    async for message in self._grpc:
+                        yield message
+                    return
                 try:
                     while (message := await self._call.next()) is not None:
                         answered = True
@@ -251,6 +276,8 @@ class Stream:
 
     def cancel(self) -> bool:
         self._cancelled = True  # no retry either
+        if self._grpc is not None:
+            return bool(self._grpc.cancel())
         if self._call.ended.done():
             return False
         if self._conn is not None and self._cid:
@@ -264,17 +291,29 @@ class Stream:
         return await asyncio.shield(self._call.ended)
 
     async def code(self) -> grpc.StatusCode:
+        await self._started
+        if self._grpc is not None:
+            return await self._grpc.code()
         e = await self._outcome()
         return grpc.StatusCode.OK if e is None else e.code()
 
     async def details(self) -> str:
+        await self._started
+        if self._grpc is not None:
+            return await self._grpc.details()
         e = await self._outcome()
         return "" if e is None else (e.details() or "")
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
+        await self._started
+        if self._grpc is not None:
+            return await self._grpc.initial_metadata()
         return grpc.aio.Metadata()
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
+        await self._started
+        if self._grpc is not None:
+            return await self._grpc.trailing_metadata()
         e = await self._outcome()
         return grpc.aio.Metadata() if e is None else e.trailing_metadata()
 
@@ -303,7 +342,16 @@ class Calls:
             s = socket()
             if s is None:
                 return grpc_method(request, timeout=timeout, metadata=metadata)
-            return unary(s, path, request, parse, timeout, metadata, retried)
+            return local_or_grpc(s, request, timeout, metadata)
+
+        async def local_or_grpc(s: Socket, request: Any, timeout: float | None,
+                                metadata: Metadata) -> Any:
+            try:
+                return await unary(s, path, request, parse, timeout, metadata, retried)
+            except NotConnected:
+                if not s.fallback:
+                    raise
+            return await grpc_method(request, timeout=timeout, metadata=metadata)
         return call
 
     @staticmethod
@@ -314,5 +362,6 @@ class Calls:
             s = socket()
             if s is None:
                 return grpc_method(request, metadata=metadata)
-            return Stream(s, path, request, parse, metadata, retried)
+            return Stream(s, path, request, parse, metadata, retried,
+                          lambda: grpc_method(request, metadata=metadata))
         return call

@@ -269,6 +269,9 @@ def check_bindable(host: str, port: int, flag: str) -> None:
                            "give an address or name of this host (0.0.0.0: all of them)") from None
     family, kind, proto, _, where = infos[0]
     with socket.socket(family, kind, proto) as probe:
+        # As gRPC binds: a port whose last server died with clients connected has their
+        # connections in TIME_WAIT, and a restarted server must still get it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(where)
         except OSError as e:

@@ -299,3 +299,35 @@ def test_control_local_says_why_it_cannot_work(shm_dir: str) -> None:
             Client(srv.target, control="doorbell")
     finally:
         assert srv.stop() == 0
+
+
+def test_a_client_goes_on_across_a_server_restart(shm_dir: str) -> None:
+    """The server is SIGKILLed and started again on the same port (its clients' connections in
+    TIME_WAIT): its socket has another name now. The client's next calls go through gRPC at
+    once (none fails for the old socket), and once PoolInfo is asked again they take the new
+    socket."""
+    first = start_server(shm_dir=shm_dir)
+    port = first.grpc_port
+
+    async def main() -> tuple[float, float]:
+        async with AsyncClient(f"127.0.0.1:{port}") as c:
+            await c.pool_info()
+            await c.open("before", 16)
+            first.stop(signal.SIGKILL)
+            # Started off the loop, which meanwhile sees the old connection close (as a client
+            # does while a server restarts).
+            nonlocal_server.append(await asyncio.to_thread(start_server, shm_dir=shm_dir,
+                                                           port=port))
+            st = await c.open("after", 16)  # over gRPC: the old socket is gone
+            assert (await c.poll("after")).incarnation == st.incarnation
+            over_grpc = connections(nonlocal_server[0])
+            await c.pool_info(refresh=True)  # names the new socket
+            await c.poll("after")
+            return over_grpc, connections(nonlocal_server[0])
+
+    nonlocal_server: list[ServerProcess] = []
+    try:
+        assert asyncio.run(main()) == (0, 1)
+    finally:
+        for srv in nonlocal_server:
+            assert srv.stop() == 0
