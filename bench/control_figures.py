@@ -9,6 +9,7 @@ on one event loop, beside the server's process: two processes on the two cores."
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -81,6 +82,49 @@ async def _windows(target: str, tid: str, data: np.ndarray, control: str) -> flo
         return (time.perf_counter() - t0) / n
 
 
+async def _poll(target: str, calls: int, control: str) -> float:
+    """Median seconds of one Poll through the client library, one call at a time."""
+    async with AsyncClient(target, control=control) as c:
+        await c.pool_info()
+        opened = await c.open(f"poll-{control}", ROWS)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            await c.poll(f"poll-{control}")
+            times.append(time.perf_counter() - t0)
+        await c.abort(f"poll-{control}", "done", incarnation=opened.incarnation)
+        await c.release(f"poll-{control}", incarnation=opened.incarnation)
+    return median(times)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _idle(target: str, pid: int, metrics: Callable[[], str], senders: int, seconds: float,
+                control: str) -> tuple[float, float]:
+    """(% of a core the server uses, % the client uses) while SENDERS senders wait attached for
+    receivers that never come."""
+    async with AsyncClient(target, control=control) as tx:
+        await tx.pool_info()
+        rows = np.zeros((ROWS, ROW), dtype=np.uint8)
+        before = _waiting(metrics())
+        sends = [asyncio.create_task(tx.send(f"idle-{control}-{i}", rows)) for i in range(senders)]
+        while _waiting(metrics()) < before + senders:  # every one attached, waiting
+            await asyncio.sleep(0.01)
+        server0, client0, t0 = _cpu_seconds(pid), time.process_time(), time.monotonic()
+        await asyncio.sleep(seconds)  # the measurement window itself
+        took = time.monotonic() - t0
+        server = 100 * (_cpu_seconds(pid) - server0) / took
+        client = 100 * (time.process_time() - client0) / took
+        for s in sends:
+            s.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+    return server, client
+
+
 def control_path(rounds: int, windows: int, smalls: int, controls: tuple[str, ...]) -> list[Figure]:
     data = np.random.default_rng(2).integers(0, 256, (ROWS * windows, ROW), dtype=np.uint8)
     image = data[:ROWS]
@@ -99,7 +143,11 @@ def control_path(rounds: int, windows: int, smalls: int, controls: tuple[str, ..
                     per[c]["first"].append(first)
                     per[c]["done"].append(done)
                 per[c]["window"].append(run_loop(_windows(srv.target, f"w-{c}-{r}", data, c)))
+            for c in controls:
+                per[c].setdefault("poll", []).append(run_loop(_poll(srv.target, 200, c)))
         rtt = median(rtts)
+        idle = {c: run_loop(_idle(srv.target, srv.proc.pid, srv.metrics_text, 100,
+                                  2.0 if rounds == 1 else 5.0, c)) for c in controls}
     for c in controls:
         first, done, window = (median(per[c][k]) for k in ("first", "done", "window"))
         via = f"control {c}"
@@ -112,5 +160,11 @@ def control_path(rounds: int, windows: int, smalls: int, controls: tuple[str, ..
             Figure(f"per window, {windows} windows of {ROWS * ROW // 1024} KiB, {via}", "RTT",
                    window / rtt, None, "<= 0.15 RTT", window / rtt <= 0.15,
                    f"{window * 1e3:.3f} ms per window"),
+            Figure(f"Poll through the client library, one at a time, {via}", "RTT",
+                   median(per[c]["poll"]) / rtt, None, "report", True,
+                   f"{median(per[c]['poll']) * 1e3:.3f} ms"),
+            Figure(f"idle: the server with 100 senders attached and waiting, {via}", "% of a core",
+                   idle[c][0], None, "< 2%", idle[c][0] < 2.0,
+                   f"the sending client meanwhile: {idle[c][1]:.2f}% of a core"),
         ]
     return figures

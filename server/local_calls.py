@@ -163,11 +163,11 @@ class LocalCalls:
             code = context.code() or grpc.StatusCode.UNKNOWN
             await send(frame(call, END, encode_end(code.value[0], context.details,
                                                    context.trailers)))
-        except (ConnectionError, RuntimeError):
-            pass  # the connection is gone: nobody to answer
+        except ConnectionError:
+            pass  # the connection is gone (a write found it closed): nobody to answer
         except Exception as e:  # a handler bug: answered as gRPC answers one (UNKNOWN)
             logs.event(logging.ERROR, "local_call_error", method=method, error=repr(e))
-            with contextlib.suppress(ConnectionError, RuntimeError):
+            with contextlib.suppress(ConnectionError):
                 await send(frame(call, END, encode_end(grpc.StatusCode.UNKNOWN.value[0],
                                                        f"{type(e).__name__}: {e}", ())))
 

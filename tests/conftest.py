@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +16,17 @@ def server() -> Iterator[ServerProcess]:
     srv = start_server()
     yield srv
     assert srv.stop() == 0
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[str]:
+    """A memory-backed directory of the test's own for a server's pool file and socket, checked
+    to be left empty (a stopped server removes both; the next one sweeps a killed one's)."""
+    d = tempfile.mkdtemp(prefix="kvferry-test-", dir="/dev/shm")
+    yield d
+    leftovers = os.listdir(d)
+    os.rmdir(d) if not leftovers else None
+    assert leftovers == [], f"the server left {leftovers} in {d}"
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for expected in ("poll throughput", "poll latency p99", "resume p99", "Push into CPU pool",
                      "Read a window", "core Open+Abort+Release", "core memory", "allocator",
                      "Push time per window", "server RSS", "first rows, control local",
-                     "per window, 20 windows of 16 KiB, control grpc"):
+                     "per window, 20 windows of 16 KiB, control grpc",
+                     "idle: the server with 100 senders attached"):
         assert expected in names, f"{expected!r} missing from {names}"
     for f in figures:
         assert math.isfinite(f["kvferry"]) and f["kvferry"] >= 0, f

@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -36,15 +35,6 @@ SVC = "/kvferry.v1.TransferService/"
 
 def payload(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, ROW), dtype=np.uint8)
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="kvferry-test-", dir="/dev/shm")
-    yield d
-    leftovers = os.listdir(d)
-    os.rmdir(d) if not leftovers else None
-    assert leftovers == [], f"the server left {leftovers} in {d}"
 
 
 @pytest.fixture

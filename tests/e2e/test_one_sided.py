@@ -7,7 +7,6 @@ import asyncio
 import errno
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,15 +31,6 @@ ROW = 64
 
 def payload(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, ROW), dtype=np.uint8)
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="kvferry-test-", dir="/dev/shm")
-    yield d
-    leftovers = os.listdir(d)
-    os.rmdir(d) if not leftovers else None
-    assert leftovers == [], f"the server left {leftovers} in {d}"
 
 
 @pytest.fixture
