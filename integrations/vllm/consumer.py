@@ -133,6 +133,7 @@ class Arrivals:
             if e is None:
                 e = self.expected[h] = Expected(h, transfer_id(self.config.transfer_id_prefix, h),
                                                 tokens, time.monotonic())
+                log.debug("ensure: %s asked by %s", h, request_id)
                 e.task = self.bridge.submit(self._arrive(e))
             e.requests.add(request_id)
             if e.state is Arrival.WAITING:
@@ -201,6 +202,7 @@ class Arrivals:
         if e is None or e.incarnation != m.get("incarnation") or e.staged is None \
                 or e.staged.done():
             return  # an opening given up meanwhile (its ranks are told to drop it)
+        log.debug("heard: %s %s from rank %s", m.get("op"), e.mm_hash, m.get("rank"))
         if m.get("op") == "staged":
             e.staged_on.add(int(m["rank"]))
             if len(e.staged_on) == self.readers:
@@ -213,11 +215,13 @@ class Arrivals:
         secret = transfer_secret(self.config.secret, e.tid)
         try:
             await self._open(e, secret)
+            log.debug("opened: %s, incarnation %d", e.mm_hash, e.incarnation)
             e.staged = asyncio.get_running_loop().create_future()
             await self.ranks.send({"op": "stage", "mm_hash": e.mm_hash, "tid": e.tid,
                                    "incarnation": e.incarnation, "tokens": e.tokens})
             await self._until_staged(e, secret)
             e.state = Arrival.READY
+            log.debug("ready: %s on every rank", e.mm_hash)
         except StopAsyncIteration:
             await self._unavailable(e, "the server ended the Watch before the rows arrived "
                                        "(is it stopping?)")
@@ -410,6 +414,7 @@ class Loader:
 
     async def _stage(self, h: str, tid: str, incarnation: int, tokens: int) -> None:
         answer: Message = {"mm_hash": h, "incarnation": incarnation, "rank": self.reader}
+        log.debug("stage: %s on rank %d", h, self.reader)
         try:
             self.staged[h] = (incarnation, await self._take(tid, incarnation, tokens))
             answer["op"] = "staged"
@@ -426,6 +431,7 @@ class Loader:
             if self._staging.get(h, (0,))[0] == incarnation:
                 del self._staging[h]
         await self.scheduler.send(answer)
+        log.debug("answered: %s %s from rank %d", answer["op"], h, self.reader)
         if answer["op"] == "staged":
             # After the answer: the request need not wait for the Release. (A rank that failed
             # releases nothing: the scheduler gives the opening back for every reader.)
