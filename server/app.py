@@ -211,12 +211,18 @@ async def _start(config: ServerConfig, storage: BlockStorage,
     except OSError as e:
         raise StartupError(f"cannot listen for HTTP (/metrics) on {config.host}:{config.metrics_port} "
                            f"({e.strerror})", "pick a free --metrics-port (0: any)") from None
-    await server.start()
+    # The socket first: a PoolInfo answered over gRPC must name it from the first call on.
     local = await _local_calls(config, pipeline, service)
     if local is not None:
         Gauge("kvferry_local_calls_connections", "Clients on this host connected to the "
               "same-host calls' socket (--local-calls).", registry=registry
               ).set_function(lambda: local.connections)
+    try:
+        await server.start()
+    except BaseException:
+        if local is not None:
+            await local.close()
+        raise
     for name in (*READINESS_SERVICES, LIVENESS_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     probes.ready = True
